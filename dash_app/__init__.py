@@ -1,0 +1,1 @@
+"""Dash segmentation UI (issue 6)."""

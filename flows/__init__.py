@@ -1,0 +1,1 @@
+"""Prefect flows of mlex-tomo and the code that deploys them."""

@@ -1,0 +1,1 @@
+"""STOMP listener that registers new reconstructions in Tiled (issue 3)."""

@@ -1,0 +1,335 @@
+"""One typed settings model for the whole stack.
+
+Sources, lowest precedence first: defaults < YAML file < the tools' own variables
+(`PREFECT_API_URL`, `TILED_API_KEY`, as their docs say) < `MLEX_TOMO_*` environment
+variables < command-line overrides (`--tiled.port 8001`). Unknown keys are errors in
+every source, so a typo fails loudly instead of being ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated, Any, Mapping
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
+
+from tiled_config import CONFIG_PATH as TILED_CONFIG_PATH
+
+ENV_PREFIX = "MLEX_TOMO_"
+ENV_NESTED_DELIMITER = "__"
+CONFIG_FILE_VARIABLE = "MLEX_TOMO_CONFIG"
+
+Port = Annotated[int, Field(ge=1, le=65535)]
+
+
+class SettingsError(ValueError):
+    """Settings that cannot be loaded; the message names the offending key."""
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+def _read_secret(value: SecretStr | None, file: Path | None, field: str) -> SecretStr | None:
+    """A secret given inline wins; otherwise it is read from its file."""
+    if value is not None or file is None:
+        return value
+    try:
+        return SecretStr(file.expanduser().read_text().strip())
+    except OSError as error:
+        raise ValueError(f"{field}_file: cannot read {file}: {error.strerror}") from None
+
+
+class TiledSettings(Section):
+    host: str = "127.0.0.1"
+    port: Port = 8000
+    url: str | None = Field(
+        default=None, description="An existing Tiled server; when set, `up` starts none."
+    )
+    api_key: SecretStr | None = Field(default=None, description="Key that allows writes.")
+    api_key_file: Path | None = None
+    catalog_uri: str | None = Field(
+        default=None,
+        description="SQL catalog; default: SQLite under data_dir. Use postgresql://... to scale out.",
+    )
+    config_path: Path = TILED_CONFIG_PATH
+
+    @model_validator(mode="after")
+    def _load_secret(self) -> TiledSettings:
+        self.api_key = _read_secret(self.api_key, self.api_key_file, "api_key")
+        return self
+
+    @property
+    def base_url(self) -> str:
+        return (self.url or f"http://{self.host}:{self.port}").rstrip("/")
+
+    @property
+    def embedded(self) -> bool:
+        return self.url is None
+
+
+class PrefectSettings(Section):
+    host: str = "127.0.0.1"
+    port: Port = 4200
+    api_url: str | None = Field(
+        default=None, description="An existing Prefect API (also read from PREFECT_API_URL)."
+    )
+    database_url: str | None = Field(
+        default=None, description="Prefect's database; default: SQLite under data_dir."
+    )
+    work_pool: str = Field(default="segmentation", min_length=1)
+    worker_query_seconds: float = Field(
+        default=1.0, gt=0, description="How often the worker asks for new runs."
+    )
+
+    @property
+    def resolved_api_url(self) -> str:
+        return (self.api_url or f"http://{self.host}:{self.port}/api").rstrip("/")
+
+    @property
+    def embedded(self) -> bool:
+        return self.api_url is None
+
+
+class BrokerSettings(Section):
+    url: str | None = Field(
+        default=None,
+        description="An existing broker as stomp://host:port; when set, `up` starts none.",
+    )
+    host: str = "127.0.0.1"
+    stomp_port: Port = 61613
+    openwire_port: Port = 61616
+    user: str | None = None
+    password: SecretStr | None = None
+    password_file: Path | None = None
+    activemq_home: Path = Path("/usr/share/activemq")
+    java: str = "java"
+    heap: str = Field(default="256M", pattern=r"^\d+[KMG]$")
+
+    @model_validator(mode="after")
+    def _load_secret(self) -> BrokerSettings:
+        self.password = _read_secret(self.password, self.password_file, "password")
+        return self
+
+    @model_validator(mode="after")
+    def _check_url(self) -> BrokerSettings:
+        if self.url is not None:
+            self.stomp_address  # noqa: B018 - raises on a malformed URL
+        return self
+
+    @property
+    def stomp_address(self) -> tuple[str, int]:
+        if self.url is None:
+            return self.host, self.stomp_port
+        scheme, _, rest = self.url.partition("://")
+        host, _, port = rest.rstrip("/").rpartition(":")
+        if scheme not in {"stomp", "tcp"} or not host or not port.isdigit():
+            raise ValueError(f"url: expected stomp://host:port, got {self.url!r}")
+        return host, int(port)
+
+    @property
+    def embedded(self) -> bool:
+        return self.url is None
+
+
+class StackSettings(BaseSettings):
+    """Everything a part of mlex-tomo can be told; see docs/configuration.md."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, extra="forbid"
+    )
+
+    data_dir: Path = Field(
+        default=Path("data"),
+        description="Catalogs, broker store, logs, secrets and tiled_storage/ live here.",
+    )
+    startup_timeout: float = Field(
+        default=120.0, gt=0, description="Seconds each service may take to become healthy."
+    )
+    tiled: TiledSettings = TiledSettings()
+    prefect: PrefectSettings = PrefectSettings()
+    broker: BrokerSettings = BrokerSettings()
+
+    @classmethod
+    def settings_customise_sources(
+        cls, settings_cls, init_settings, env_settings, dotenv_settings, file_secret_settings
+    ):
+        # load_settings() layers the sources itself, so the constructor takes only what
+        # it is given: StackSettings() alone is the pure defaults.
+        return (init_settings,)
+
+    @model_validator(mode="after")
+    def _use_generated_tiled_key(self) -> StackSettings:
+        """Pick up the key `mlex-tomo up` generated when none was configured."""
+        key_file = self.tiled_api_key_path
+        if self.tiled.api_key is None and self.tiled.api_key_file is None and key_file.is_file():
+            self.tiled.api_key = SecretStr(key_file.read_text().strip())
+        return self
+
+    @property
+    def data_path(self) -> Path:
+        return self.data_dir.expanduser().resolve()
+
+    @property
+    def logs_path(self) -> Path:
+        return self.data_path / "logs"
+
+    @property
+    def recons_path(self) -> Path:
+        return self.data_path / "tiled_storage" / "recons"
+
+    @property
+    def writable_path(self) -> Path:
+        return self.data_path / "tiled_storage" / "writable"
+
+    @property
+    def tiled_api_key_path(self) -> Path:
+        return self.data_path / "secrets" / "tiled_api_key"
+
+
+def load_settings(
+    config_file: Path | None = None,
+    overrides: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> StackSettings:
+    """Resolve the settings from every source; raise SettingsError naming the bad key."""
+    environ = os.environ if environ is None else environ
+    if config_file is None and environ.get(CONFIG_FILE_VARIABLE):
+        config_file = Path(environ[CONFIG_FILE_VARIABLE])
+    layers = [
+        _read_config_file(config_file) if config_file else {},
+        _tool_variables(environ),
+        _prefixed_variables(environ),
+        dict(overrides or {}),
+    ]
+    merged: dict[str, Any] = {}
+    for layer in layers:
+        merged = _deep_merge(merged, layer)
+    try:
+        return StackSettings(**merged)
+    except ValidationError as error:
+        raise SettingsError(describe_validation_error(error)) from None
+
+
+def describe_validation_error(error: ValidationError) -> str:
+    lines = []
+    for problem in error.errors():
+        key = ".".join(str(part) for part in problem["loc"]) or "(settings)"
+        given = f" (got {problem['input']!r})" if problem["type"] != "missing" else ""
+        if isinstance(problem.get("input"), (dict, list)):
+            given = ""
+        lines.append(f"{key}: {problem['msg']}{given}")
+    return "invalid settings:\n  " + "\n  ".join(lines)
+
+
+def parse_dotted_overrides(arguments: list[str]) -> dict[str, Any]:
+    """Turn `--tiled.port 8001` and `--tiled.port=8001` into nested dicts."""
+    overrides: dict[str, Any] = {}
+    remaining = list(arguments)
+    while remaining:
+        argument = remaining.pop(0)
+        if not argument.startswith("--") or len(argument) == 2:
+            raise SettingsError(f"unexpected argument {argument!r}; overrides look like --tiled.port 8001")
+        key, has_value, value = argument[2:].partition("=")
+        if not has_value:
+            if not remaining or remaining[0].startswith("--"):
+                raise SettingsError(f"--{key} needs a value")
+            value = remaining.pop(0)
+        path = key.replace("-", "_").split(".")
+        if not all(path):
+            raise SettingsError(f"malformed setting name --{key}")
+        node = overrides
+        for part in path[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SettingsError(f"--{key} conflicts with another override")
+        node[path[-1]] = _parse_scalar(value)
+    return overrides
+
+
+def settings_as_yaml(settings: StackSettings) -> str:
+    """The resolved settings without secrets, in the config file format."""
+    values = settings.model_dump(mode="json", exclude=_secret_fields())
+    return yaml.safe_dump(values, sort_keys=False)
+
+
+def _secret_fields() -> dict[str, set[str]]:
+    return {"tiled": {"api_key"}, "broker": {"password"}}
+
+
+def _parse_scalar(value: str) -> Any:
+    """Lists and mappings come as JSON; everything else stays a string for pydantic."""
+    if value[:1] in "[{":
+        try:
+            return json.loads(value)
+        except json.JSONDecodeError as error:
+            raise SettingsError(f"cannot parse {value!r} as JSON: {error}") from None
+    return value
+
+
+def _read_config_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.expanduser().read_text()
+    except OSError as error:
+        raise SettingsError(f"cannot read config file {path}: {error.strerror}") from None
+    try:
+        values = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        raise SettingsError(f"config file {path} is not valid YAML: {error}") from None
+    if values is None:
+        return {}
+    if not isinstance(values, dict):
+        raise SettingsError(f"config file {path} must hold a mapping of settings")
+    return values
+
+
+def _tool_variables(environ: Mapping[str, str]) -> dict[str, Any]:
+    """Prefect's and Tiled's own variables keep the meaning their docs give them."""
+    values: dict[str, Any] = {}
+    if environ.get("PREFECT_API_URL"):
+        values.setdefault("prefect", {})["api_url"] = environ["PREFECT_API_URL"]
+    if environ.get("TILED_API_KEY"):
+        values.setdefault("tiled", {})["api_key"] = environ["TILED_API_KEY"]
+    return values
+
+
+def _prefixed_variables(environ: Mapping[str, str]) -> dict[str, Any]:
+    unknown = [
+        name
+        for name in environ
+        if name.startswith(ENV_PREFIX) and name != CONFIG_FILE_VARIABLE and not _is_known(name)
+    ]
+    if unknown:
+        raise SettingsError(
+            "unknown environment variable(s): "
+            + ", ".join(sorted(unknown))
+            + f" (names are {ENV_PREFIX}<SECTION>{ENV_NESTED_DELIMITER}<KEY>, e.g. {ENV_PREFIX}TILED__PORT)"
+        )
+    source = EnvSettingsSource(StackSettings, case_sensitive=False)
+    source.env_vars = {name.lower(): value for name, value in environ.items()}
+    return source()
+
+
+def _is_known(variable: str) -> bool:
+    path = variable[len(ENV_PREFIX) :].lower().split(ENV_NESTED_DELIMITER)
+    model: type[BaseModel] | None = StackSettings
+    for part in path:
+        if model is None or part not in model.model_fields:
+            return False
+        annotation = model.model_fields[part].annotation
+        model = annotation if isinstance(annotation, type) and issubclass(annotation, BaseModel) else None
+    return True
+
+
+def _deep_merge(base: dict[str, Any], update: Mapping[str, Any]) -> dict[str, Any]:
+    merged = dict(base)
+    for key, value in update.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = _deep_merge(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

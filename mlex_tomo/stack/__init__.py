@@ -1,0 +1,1 @@
+"""Process management for the embedded stack (`mlex-tomo up`)."""

@@ -1,0 +1,121 @@
+"""What `mlex-tomo up` runs: one entry per embedded service, in start-up waves."""
+
+from __future__ import annotations
+
+import socket
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from mlex_tomo.settings import StackSettings
+from mlex_tomo.stack import activemq
+from mlex_tomo.stack.health import (
+    Health,
+    broker_health,
+    prefect_health,
+    tiled_health,
+    worker_health,
+)
+
+
+@dataclass(frozen=True)
+class Service:
+    name: str
+    command: list[str]
+    probe: Callable[[StackSettings], Health]
+    env: dict[str, str] = field(default_factory=dict)
+    ports: dict[str, int] = field(default_factory=dict)
+    """Setting name -> port this service will listen on, checked free before start."""
+
+
+def embedded_services(settings: StackSettings) -> list[list[Service]]:
+    """Services to start, in waves: a wave starts once the previous one is healthy.
+
+    A service configured with an external URL (`tiled.url`, `prefect.api_url`,
+    `broker.url`) is not started; its probe still runs in `mlex-tomo status`.
+    """
+    first_wave = []
+    if settings.broker.embedded:
+        first_wave.append(broker_service(settings))
+    if settings.tiled.embedded:
+        first_wave.append(tiled_service(settings))
+    if settings.prefect.embedded:
+        first_wave.append(prefect_server_service(settings))
+    return [wave for wave in (first_wave, [worker_service(settings)]) if wave]
+
+
+def broker_service(settings: StackSettings) -> Service:
+    broker = settings.broker
+    return Service(
+        name="broker",
+        command=activemq.broker_command(broker, settings.data_path / "activemq"),
+        probe=broker_health,
+        ports={"broker.stomp_port": broker.stomp_port, "broker.openwire_port": broker.openwire_port},
+    )
+
+
+def tiled_service(settings: StackSettings) -> Service:
+    tiled = settings.tiled
+    api_key = tiled.api_key.get_secret_value() if tiled.api_key else ""
+    catalog = tiled.catalog_uri or f"sqlite:///{settings.data_path / 'tiled' / 'catalog.db'}"
+    return Service(
+        name="tiled",
+        command=[
+            sys.executable, "-m", "tiled", "serve", "config", str(tiled.config_path),
+            "--host", tiled.host, "--port", str(tiled.port),
+        ],
+        probe=tiled_health,
+        env={
+            "TILED_SINGLE_USER_API_KEY": api_key,
+            "MLEX_TILED_CATALOG_URI": catalog,
+            "MLEX_TILED_READABLE_DIR": str(settings.recons_path),
+            "MLEX_TILED_WRITABLE_DIR": str(settings.writable_path),
+        },
+        ports={"tiled.port": tiled.port},
+    )
+
+
+def prefect_server_service(settings: StackSettings) -> Service:
+    prefect = settings.prefect
+    home = settings.data_path / "prefect"
+    database = prefect.database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+    return Service(
+        name="prefect",
+        command=[
+            sys.executable, "-m", "prefect", "server", "start",
+            "--host", prefect.host, "--port", str(prefect.port),
+        ],
+        probe=prefect_health,
+        env={
+            **prefect_client_environment(settings),
+            "PREFECT_API_DATABASE_CONNECTION_URL": database,
+        },
+        ports={"prefect.port": prefect.port},
+    )
+
+
+def worker_service(settings: StackSettings) -> Service:
+    prefect = settings.prefect
+    return Service(
+        name="worker",
+        command=[
+            sys.executable, "-m", "prefect", "worker", "start",
+            "--pool", prefect.work_pool, "--type", "process",
+            "--name", f"{socket.gethostname()}-{prefect.work_pool}",
+        ],
+        probe=worker_health,
+        env={
+            **prefect_client_environment(settings),
+            "PREFECT_WORKER_QUERY_SECONDS": str(prefect.worker_query_seconds),
+        },
+    )
+
+
+def prefect_client_environment(settings: StackSettings) -> dict[str, str]:
+    """Prefect's own variables for anything of ours that talks to the Prefect API."""
+    return {
+        "PREFECT_HOME": str(settings.data_path / "prefect"),
+        "PREFECT_API_URL": settings.prefect.resolved_api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_CLI_PROMPT": "false",
+    }

@@ -1,0 +1,242 @@
+"""`mlex-tomo up`: start the embedded stack, wait until it is healthy, stop it cleanly.
+
+Start-up ordering is explicit (waves, each gated on health probes) rather than
+papered over with restarts, and every child runs in its own process group so that
+stopping the stack leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import secrets
+import signal
+import socket
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+from typing import TextIO
+
+from pydantic import SecretStr
+
+from mlex_tomo.settings import StackSettings
+from mlex_tomo.stack import activemq
+from mlex_tomo.stack.health import Health
+from mlex_tomo.stack.processes import ManagedProcess
+from mlex_tomo.stack.services import Service, embedded_services
+
+PROBE_INTERVAL_SECONDS = 0.5
+MONITOR_INTERVAL_SECONDS = 1.0
+
+
+class StartupError(RuntimeError):
+    """The stack could not start; the message names the service and its log."""
+
+
+class StopRequested(Exception):
+    """SIGTERM arrived; unwinds like Ctrl-C does."""
+
+
+class Stack:
+    def __init__(self, settings: StackSettings, out: TextIO = sys.stdout) -> None:
+        self.settings = settings
+        self.out = out
+        self.running: list[tuple[Service, ManagedProcess]] = []
+
+    def start(self) -> None:
+        """Start every embedded service wave by wave, then prepare Tiled and Prefect."""
+        settings = self.settings
+        if settings.broker.embedded:
+            activemq.check_installation(settings.broker)
+        waves = self._prepare()
+        _check_ports_free([service for wave in waves for service in wave])
+        for wave in waves:
+            for service in wave:
+                self._launch(service)
+            self._wait_healthy(wave)
+        self._initialise_services()
+
+    def _prepare(self) -> list[list[Service]]:
+        settings = self.settings
+        state = settings.data_path
+        for directory in (
+            settings.logs_path, settings.recons_path, settings.writable_path,
+            state / "tiled", state / "prefect", state / "activemq",
+        ):
+            directory.mkdir(parents=True, exist_ok=True)
+        if settings.tiled.embedded and settings.tiled.api_key is None:
+            key = SecretStr(_generate_tiled_api_key(settings.tiled_api_key_path))
+            tiled = settings.tiled.model_copy(update={"api_key": key})
+            self.settings = settings = settings.model_copy(update={"tiled": tiled})
+        return embedded_services(settings)
+
+    def _launch(self, service: Service) -> None:
+        log_path = self.settings.logs_path / f"{service.name}.log"
+        with open(log_path, "a") as log:
+            log.write(f"\n==== mlex-tomo up: starting {service.name} at {datetime.now().isoformat()} ====\n")
+        process = ManagedProcess(service.name, service.command, log_path, env=service.env)
+        process.start()
+        self.running.append((service, process))
+        self._say(f"starting {service.name} (pid {process.pid}, log {log_path})")
+
+    def _wait_healthy(self, wave: list[Service]) -> None:
+        deadline = time.monotonic() + self.settings.startup_timeout
+        pending = {service.name: service for service in wave}
+        last: dict[str, Health] = {}
+        while pending:
+            for name, service in list(pending.items()):
+                process = self._process(name)
+                if process.exit_code() is not None:
+                    raise StartupError(
+                        f"{name} exited with code {process.exit_code()} while starting; "
+                        f"read {process.log_path}"
+                    )
+                last[name] = service.probe(self.settings)
+                if last[name].healthy:
+                    del pending[name]
+                    self._say(f"{name} is healthy at {last[name].url}")
+            if pending and time.monotonic() > deadline:
+                name = next(iter(pending))
+                raise StartupError(
+                    f"{name} did not become healthy within {self.settings.startup_timeout:.0f} s "
+                    f"({last[name].detail}); read {self._process(name).log_path}"
+                )
+            if pending:
+                time.sleep(PROBE_INTERVAL_SECONDS)
+
+    def _initialise_services(self) -> None:
+        from flows.deploy import register_deployments
+        from mlex_tomo.tiled_layout import connect, ensure_containers
+
+        if self.settings.tiled.api_key is not None:
+            created = ensure_containers(connect(self.settings, writable=True))
+            if created:
+                self._say(f"created Tiled containers: {', '.join('/' + name for name in created)}")
+        deployments = register_deployments(self.settings)
+        self._say(f"deployed to work pool {self.settings.prefect.work_pool!r}: {', '.join(deployments)}")
+
+    def monitor(self) -> None:
+        """Block until a child dies (StartupError) or the user stops the stack."""
+        while True:
+            for service, process in self.running:
+                code = process.exit_code()
+                if code is not None:
+                    raise StartupError(
+                        f"{service.name} stopped unexpectedly with code {code}; read {process.log_path}"
+                    )
+            time.sleep(MONITOR_INTERVAL_SECONDS)
+
+    def stop(self) -> None:
+        """Stop in reverse start order, so the worker goes before the server it talks to."""
+        for service, process in reversed(self.running):
+            if process.exit_code() is None:
+                self._say(f"stopping {service.name}")
+            process.stop()
+        self.running.clear()
+
+    def summary(self) -> str:
+        settings = self.settings
+        rows = [
+            ("Tiled", settings.tiled.base_url),
+            ("Prefect UI", settings.prefect.resolved_api_url.removesuffix("/api")),
+            ("Prefect API", settings.prefect.resolved_api_url),
+            ("ActiveMQ STOMP", "stomp://{}:{}".format(*settings.broker.stomp_address)),
+            ("Work pool", settings.prefect.work_pool),
+            ("Logs", str(settings.logs_path)),
+        ]
+        width = max(len(label) for label, _ in rows)
+        lines = [f"  {label:<{width}}  {value}" for label, value in rows]
+        return "mlex-tomo is up:\n" + "\n".join(lines) + "\nPress Ctrl-C to stop."
+
+    def _process(self, name: str) -> ManagedProcess:
+        return next(process for service, process in self.running if service.name == name)
+
+    def _say(self, message: str) -> None:
+        print(f"[mlex-tomo] {message}", file=self.out, flush=True)
+
+
+def run_up(settings: StackSettings, out: TextIO = sys.stdout) -> int:
+    """Run the stack in the foreground until Ctrl-C or SIGTERM; return the exit code."""
+    with _single_instance(settings.data_path / "run" / "up.lock"), _sigterm_as_exception():
+        stack = Stack(settings, out)
+        try:
+            stack.start()
+            print(stack.summary(), file=out, flush=True)
+            stack.monitor()
+        except (KeyboardInterrupt, StopRequested):
+            stack._say("stop requested")
+            return 0
+        except (StartupError, activemq.BrokerUnavailable) as error:
+            stack._say(f"error: {error}")
+            return 1
+        finally:
+            with _signals_ignored():
+                stack.stop()
+            stack._say("stopped")
+    return 0
+
+
+def _generate_tiled_api_key(path: Path) -> str:
+    """A random key in a file only the owner can read; later starts and clients reuse it."""
+    key = secrets.token_hex(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    path.touch(mode=0o600)
+    path.write_text(key)
+    return key
+
+
+def _check_ports_free(services: list[Service]) -> None:
+    for service in services:
+        for setting, port in service.ports.items():
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+                probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    probe.bind(("127.0.0.1", port))
+                except OSError:
+                    raise StartupError(
+                        f"port {port} for {service.name} is already in use; stop what holds it "
+                        f"or choose another with --{setting} PORT"
+                    ) from None
+
+
+@contextmanager
+def _single_instance(lock_path: Path) -> Iterator[None]:
+    """One `up` per data directory: two would fight over the same catalogs and ports."""
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(lock_path, "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartupError(
+                f"a stack is already running from {lock_path.parent.parent}; "
+                "stop it first or use another --data-dir"
+            ) from None
+        yield
+
+
+@contextmanager
+def _sigterm_as_exception() -> Iterator[None]:
+    def raise_stop(signum, frame):
+        raise StopRequested()
+
+    previous = signal.signal(signal.SIGTERM, raise_stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+@contextmanager
+def _signals_ignored() -> Iterator[None]:
+    """A second Ctrl-C must not abandon children half-way through shutdown."""
+    handlers: dict[int, Callable | int | None] = {
+        signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)
+    }
+    try:
+        yield
+    finally:
+        for signum, handler in handlers.items():
+            signal.signal(signum, handler)

@@ -1,0 +1,51 @@
+"""The Tiled tree every part agrees on (ARCHITECTURE.md, "Tiled layout").
+
+    /recons/<scan>                       registered by the ingester, in place
+    /masks/<scan>/<mask_id>/mask         written by the UI
+    /results/<job_id>/seg_result         written by the segmentation job
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from mlex_tomo.settings import StackSettings
+
+if TYPE_CHECKING:
+    from tiled.client.container import Container
+
+RECONS = "recons"
+MASKS = "masks"
+RESULTS = "results"
+TOP_LEVEL_CONTAINERS = (RECONS, MASKS, RESULTS)
+
+CONTAINER_DESCRIPTIONS = {
+    RECONS: "Reconstructed volumes, registered in place by the ingester.",
+    MASKS: "Sparse label masks painted in the segmentation UI.",
+    RESULTS: "Segmentation results written by segmentation jobs.",
+}
+
+
+def connect(settings: StackSettings, *, writable: bool = False) -> Container:
+    """A Tiled client for the configured server; `writable` insists on the API key."""
+    from tiled.client import from_uri
+
+    api_key = settings.tiled.api_key
+    if writable and api_key is None:
+        raise RuntimeError(
+            "writing to Tiled needs an API key: set MLEX_TOMO_TILED__API_KEY or tiled.api_key_file"
+        )
+    return from_uri(
+        settings.tiled.base_url,
+        api_key=api_key.get_secret_value() if api_key else None,
+    )
+
+
+def ensure_containers(client: Container) -> list[str]:
+    """Create the top-level containers that do not exist yet; return their names."""
+    created = []
+    for name in TOP_LEVEL_CONTAINERS:
+        if name not in client:
+            client.create_container(name, metadata={"description": CONTAINER_DESCRIPTIONS[name]})
+            created.append(name)
+    return created

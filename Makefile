@@ -1,0 +1,38 @@
+# mlex-tomo: `make run` sets up and starts the whole stack; `make test` runs the tests.
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
+APT_PACKAGES := activemq default-jre-headless python3-venv
+
+.PHONY: run test test-quick setup system-deps clean-state
+
+run: setup
+	$(BIN)/mlex-tomo up
+
+test: setup
+	$(BIN)/python -m pytest
+
+test-quick: setup
+	$(BIN)/python -m pytest -m "not stack"
+
+setup: system-deps $(BIN)/.installed
+
+# Debian packages the embedded stack needs (ActiveMQ Classic and a Java runtime).
+system-deps:
+	@if [ ! -f /usr/share/activemq/bin/activemq.jar ] || ! command -v java >/dev/null \
+	    || ! $(PYTHON) -c "import ensurepip, venv" 2>/dev/null; then \
+	  echo "installing $(APT_PACKAGES) with apt-get"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+$(BIN)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q uv
+	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[test]"
+	touch $@
+
+# Removes catalogs, broker store, logs and generated secrets of the local stack.
+clean-state:
+	rm -rf data/tiled data/prefect data/activemq data/logs data/run data/secrets data/tiled_storage/writable

@@ -1,0 +1,167 @@
+"""Settings: precedence of sources, generate-config round trip, clear errors, secrets."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from mlex_tomo.cli import main
+from mlex_tomo.settings import (
+    SettingsError,
+    StackSettings,
+    load_settings,
+    parse_dotted_overrides,
+)
+
+
+def write_yaml(path: Path, values: dict) -> Path:
+    path.write_text(yaml.safe_dump(values))
+    return path
+
+
+def test_defaults_match_the_documented_ports():
+    settings = load_settings(environ={})
+    assert settings == StackSettings()
+    assert (settings.tiled.port, settings.prefect.port, settings.broker.stomp_port) == (8000, 4200, 61613)
+    assert settings.prefect.work_pool == "segmentation"
+
+
+def test_each_source_overrides_the_one_below(tmp_path):
+    config = write_yaml(
+        tmp_path / "settings.yaml",
+        {"tiled": {"port": 8001, "host": "from-file"}, "prefect": {"port": 4201}, "broker": {"heap": "512M"}},
+    )
+    environ = {"MLEX_TOMO_TILED__PORT": "8002", "MLEX_TOMO_PREFECT__PORT": "4202"}
+    overrides = parse_dotted_overrides(["--tiled.port", "8003"])
+
+    settings = load_settings(config, overrides, environ)
+
+    assert settings.broker.heap == "512M"  # file only
+    assert settings.tiled.host == "from-file"  # file, untouched by env or CLI
+    assert settings.prefect.port == 4202  # env beats file
+    assert settings.tiled.port == 8003  # CLI beats env and file
+
+
+def test_config_file_can_come_from_the_environment(tmp_path):
+    config = write_yaml(tmp_path / "settings.yaml", {"startup_timeout": 5})
+    settings = load_settings(environ={"MLEX_TOMO_CONFIG": str(config)})
+    assert settings.startup_timeout == 5
+
+
+def test_tool_variables_keep_their_meaning_but_ours_win():
+    environ = {"PREFECT_API_URL": "http://prefect.example:4200/api", "TILED_API_KEY": "from-tiled-var"}
+    settings = load_settings(environ=environ)
+    assert settings.prefect.resolved_api_url == "http://prefect.example:4200/api"
+    assert not settings.prefect.embedded
+    assert settings.tiled.api_key.get_secret_value() == "from-tiled-var"
+
+    environ["MLEX_TOMO_PREFECT__API_URL"] = "http://ours:4200/api"
+    assert load_settings(environ=environ).prefect.api_url == "http://ours:4200/api"
+
+
+@pytest.mark.parametrize(
+    ("arguments", "expected"),
+    [
+        (["--tiled.port", "8001"], {"tiled": {"port": "8001"}}),
+        (["--tiled.port=8001", "--tiled.host", "h"], {"tiled": {"port": "8001", "host": "h"}}),
+        (["--prefect.work-pool", "gpu"], {"prefect": {"work_pool": "gpu"}}),
+        (["--data_dir", "/x"], {"data_dir": "/x"}),
+    ],
+)
+def test_dotted_overrides_parse(arguments, expected):
+    assert parse_dotted_overrides(arguments) == expected
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [(["--tiled.port"], "needs a value"), (["tiled.port", "1"], "unexpected argument"), (["--tiled..port", "1"], "malformed")],
+)
+def test_malformed_overrides_are_explained(arguments, message):
+    with pytest.raises(SettingsError, match=message):
+        parse_dotted_overrides(arguments)
+
+
+def test_unknown_keys_fail_in_every_source_and_name_the_key(tmp_path):
+    with pytest.raises(SettingsError, match=r"tiled\.prot: Extra inputs are not permitted"):
+        load_settings(overrides={"tiled": {"prot": "1"}}, environ={})
+    config = write_yaml(tmp_path / "settings.yaml", {"brokr": {}})
+    with pytest.raises(SettingsError, match=r"brokr: Extra inputs"):
+        load_settings(config, environ={})
+    with pytest.raises(SettingsError, match="MLEX_TOMO_TILED__PROT"):
+        load_settings(environ={"MLEX_TOMO_TILED__PROT": "1"})
+
+
+def test_wrong_types_name_the_key_and_the_value(tmp_path):
+    with pytest.raises(SettingsError, match=r"tiled\.port: .*integer.*'eighty'"):
+        load_settings(environ={"MLEX_TOMO_TILED__PORT": "eighty"})
+    with pytest.raises(SettingsError, match=r"prefect\.port: .*less than or equal to 65535"):
+        load_settings(overrides={"prefect": {"port": "70000"}}, environ={})
+    with pytest.raises(SettingsError, match=r"broker: .*url: expected stomp://host:port"):
+        load_settings(overrides={"broker": {"url": "http://nope"}}, environ={})
+    not_a_mapping = tmp_path / "list.yaml"
+    not_a_mapping.write_text("- 1\n- 2\n")
+    with pytest.raises(SettingsError, match="must hold a mapping"):
+        load_settings(not_a_mapping, environ={})
+
+
+def test_secrets_come_from_a_file_and_are_never_shown(tmp_path):
+    key_file = tmp_path / "key"
+    key_file.write_text("s3cret-key\n")
+    settings = load_settings(environ={"MLEX_TOMO_TILED__API_KEY_FILE": str(key_file)})
+    assert settings.tiled.api_key.get_secret_value() == "s3cret-key"
+    assert "s3cret-key" not in repr(settings)
+
+    with pytest.raises(SettingsError, match=r"api_key_file: cannot read"):
+        load_settings(environ={"MLEX_TOMO_TILED__API_KEY_FILE": str(tmp_path / "missing")})
+
+
+def test_generated_key_in_the_data_dir_is_picked_up(tmp_path):
+    key_path = tmp_path / "secrets" / "tiled_api_key"
+    key_path.parent.mkdir()
+    key_path.write_text("generated")
+    settings = load_settings(overrides={"data_dir": str(tmp_path)}, environ={})
+    assert settings.tiled.api_key.get_secret_value() == "generated"
+
+
+def test_generate_config_round_trips_without_secrets(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("MLEX_TOMO_TILED__API_KEY", "never-written")
+    monkeypatch.setenv("MLEX_TOMO_BROKER__PASSWORD", "never-written-either")
+    path = tmp_path / "mlex-tomo.yaml"
+
+    assert main(["generate-config", "--path", str(path), "--tiled.port", "8123", "--prefect.work_pool", "gpu"]) == 0
+
+    text = path.read_text()
+    assert "never-written" not in text
+    monkeypatch.delenv("MLEX_TOMO_TILED__API_KEY")
+    monkeypatch.delenv("MLEX_TOMO_BROKER__PASSWORD")
+    reloaded = load_settings(path, environ={})
+    assert reloaded.tiled.port == 8123 and reloaded.prefect.work_pool == "gpu"
+    assert reloaded == load_settings(overrides={"tiled": {"port": 8123}, "prefect": {"work_pool": "gpu"}}, environ={})
+
+
+def test_generate_config_asks_before_overwriting(tmp_path, monkeypatch, capsys):
+    path = tmp_path / "mlex-tomo.yaml"
+    path.write_text("keep me")
+
+    monkeypatch.setattr("sys.stdin.isatty", lambda: False)
+    assert main(["generate-config", "--path", str(path)]) == 1
+    assert "--force" in capsys.readouterr().err
+    assert path.read_text() == "keep me"
+
+    monkeypatch.setattr("sys.stdin.isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: "n")
+    assert main(["generate-config", "--path", str(path)]) == 1
+    assert path.read_text() == "keep me"
+
+    monkeypatch.setattr("builtins.input", lambda prompt: "y")
+    assert main(["generate-config", "--path", str(path)]) == 0
+    assert "tiled:" in path.read_text()
+
+    path.write_text("keep me")
+    assert main(["generate-config", "--path", str(path), "--force"]) == 0
+    assert "tiled:" in path.read_text()
+
+
+def test_cli_reports_bad_settings_with_exit_code_2(capsys):
+    assert main(["status", "--tiled.port", "not-a-port"]) == 2
+    assert "tiled.port" in capsys.readouterr().err

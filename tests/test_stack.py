@@ -1,0 +1,136 @@
+"""`mlex-tomo up` with real ActiveMQ, Tiled, Prefect server and worker."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import uuid
+
+import numpy as np
+import psutil
+import pytest
+import stomp
+from prefect.deployments import run_deployment
+from prefect.settings import PREFECT_API_URL, temporary_settings
+from tiled.client import from_uri
+
+from tests.conftest import RunningStack
+
+pytestmark = pytest.mark.stack
+
+SERVICES = ("broker", "tiled", "prefect", "worker")
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory) -> RunningStack:
+    """A stack of this module's own, because the last test here shuts it down."""
+    running = RunningStack(tmp_path_factory.mktemp("up"))
+    running.start()
+    yield running
+    running.stop()
+
+
+def test_status_reports_every_service_healthy(own_stack):
+    result = own_stack.cli("status")
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    assert [line.split()[:2] for line in lines] == [[name, "up"] for name in SERVICES]
+
+
+def test_each_service_writes_its_log(own_stack):
+    logs = own_stack.data_dir / "logs"
+    for name in SERVICES:
+        assert (logs / f"{name}.log").stat().st_size > 0, name
+
+
+def test_tiled_serves_arrays_written_with_the_api_key(own_stack):
+    settings = own_stack.settings
+    writer = from_uri(settings.tiled.base_url, api_key=settings.tiled.api_key.get_secret_value())
+    assert {"recons", "masks", "results"} <= set(writer)
+    volume = np.arange(4 * 5 * 6, dtype=np.uint8).reshape(4, 5, 6)
+    key = f"roundtrip-{uuid.uuid4().hex[:8]}"
+    writer["results"].write_array(volume, key=key, metadata={"written_by": "test"})
+
+    reader = from_uri(settings.tiled.base_url)  # anonymous: may read, may not write
+    node = reader["results"][key]
+    np.testing.assert_array_equal(node.read(), volume)
+    np.testing.assert_array_equal(node[2], volume[2])
+    assert node.metadata["written_by"] == "test"
+    with pytest.raises(Exception, match="401|403|Unauthorized|Forbidden|permission"):
+        reader["results"].write_array(volume, key=f"{key}-anonymous")
+
+
+def test_broker_delivers_stomp_messages(own_stack):
+    host, port = own_stack.settings.broker.stomp_address
+    destination = f"/queue/mlex.test.{uuid.uuid4().hex[:8]}"
+    received: list[str] = []
+    arrived = threading.Event()
+
+    class Listener(stomp.ConnectionListener):
+        def on_message(self, frame):
+            received.append(frame.body)
+            arrived.set()
+
+    connection = stomp.Connection([(host, port)])
+    connection.set_listener("test", Listener())
+    connection.connect(wait=True)
+    try:
+        connection.subscribe(destination, id="1", ack="auto")
+        connection.send(destination, body='{"filePath": "/data/scan.nxs"}')
+        assert arrived.wait(10), "message not delivered"
+    finally:
+        connection.disconnect()
+    assert received == ['{"filePath": "/data/scan.nxs"}']
+
+
+def test_a_deployed_flow_runs_through_the_worker(own_stack):
+    with temporary_settings({PREFECT_API_URL: own_stack.settings.prefect.resolved_api_url}):
+        flow_run = run_deployment("ping/ping", parameters={"message": "hello"}, timeout=120)
+    assert flow_run.state.is_completed(), flow_run.state
+    assert flow_run.parameters == {"message": "hello"}
+    assert flow_run.work_pool_name == "segmentation"
+
+
+def test_a_second_up_on_the_same_data_dir_is_refused(own_stack):
+    result = own_stack.cli("up", timeout=60)
+    assert result.returncode == 1
+    assert "already running" in result.stdout + result.stderr
+
+
+def test_shutdown_stops_every_process_it_started(own_stack):
+    children = own_stack.descendants()
+    assert len(children) >= len(SERVICES)
+
+    assert own_stack.stop() == 0
+
+    still_running = [child for child in children if alive(child)]
+    assert still_running == []
+    assert own_stack.cli("status").returncode == 1
+
+
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def test_missing_activemq_says_how_to_install_it(tmp_path):
+    stack = RunningStack(tmp_path)
+    stack.arguments += ["--broker.activemq_home", str(tmp_path / "no-activemq")]
+    result = stack.cli("up")
+    assert result.returncode == 1
+    assert "apt-get install -y activemq" in result.stdout + result.stderr
+    assert "--broker.url" in result.stdout + result.stderr
+
+
+def test_a_port_in_use_is_named_with_its_setting(tmp_path):
+    stack = RunningStack(tmp_path)
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        port = squatter.getsockname()[1]
+        stack.arguments += ["--tiled.port", str(port)]
+        result = stack.cli("up")
+    assert result.returncode == 1
+    assert f"port {port}" in result.stdout and "--tiled.port" in result.stdout

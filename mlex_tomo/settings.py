@@ -45,18 +45,22 @@ def _read_secret(value: SecretStr | None, file: Path | None, field: str) -> Secr
 
 
 class TiledSettings(Section):
-    host: str = "127.0.0.1"
-    port: Port = 8000
+    """The Tiled server that serves every array: reconstructions, masks, results."""
+
+    host: str = Field(default="127.0.0.1", description="Address the embedded Tiled server binds to.")
+    port: Port = Field(default=8000, description="Port of the embedded Tiled server.")
     url: str | None = Field(
         default=None, description="An existing Tiled server; when set, `up` starts none."
     )
     api_key: SecretStr | None = Field(default=None, description="Key that allows writes.")
-    api_key_file: Path | None = None
+    api_key_file: Path | None = Field(default=None, description="File holding the API key.")
     catalog_uri: str | None = Field(
         default=None,
         description="SQL catalog; default: SQLite under data_dir. Use postgresql://... to scale out.",
     )
-    config_path: Path = TILED_CONFIG_PATH
+    config_path: Path = Field(
+        default=TILED_CONFIG_PATH, description="Tiled server config file (default: the shipped one)."
+    )
 
     @model_validator(mode="after")
     def _load_secret(self) -> TiledSettings:
@@ -73,15 +77,19 @@ class TiledSettings(Section):
 
 
 class PrefectSettings(Section):
-    host: str = "127.0.0.1"
-    port: Port = 4200
+    """The Prefect server and the work pool that runs segmentation jobs."""
+
+    host: str = Field(default="127.0.0.1", description="Address the embedded Prefect server binds to.")
+    port: Port = Field(default=4200, description="Port of the embedded Prefect server and UI.")
     api_url: str | None = Field(
         default=None, description="An existing Prefect API (also read from PREFECT_API_URL)."
     )
     database_url: str | None = Field(
         default=None, description="Prefect's database; default: SQLite under data_dir."
     )
-    work_pool: str = Field(default="segmentation", min_length=1)
+    work_pool: str = Field(
+        default="segmentation", min_length=1, description="Work pool the deployments run on."
+    )
     worker_query_seconds: float = Field(
         default=1.0, gt=0, description="How often the worker asks for new runs."
     )
@@ -96,19 +104,23 @@ class PrefectSettings(Section):
 
 
 class BrokerSettings(Section):
+    """The ActiveMQ broker on which reconstructions are announced."""
+
     url: str | None = Field(
         default=None,
         description="An existing broker as stomp://host:port; when set, `up` starts none.",
     )
-    host: str = "127.0.0.1"
-    stomp_port: Port = 61613
-    openwire_port: Port = 61616
-    user: str | None = None
-    password: SecretStr | None = None
-    password_file: Path | None = None
-    activemq_home: Path = Path("/usr/share/activemq")
-    java: str = "java"
-    heap: str = Field(default="256M", pattern=r"^\d+[KMG]$")
+    host: str = Field(default="127.0.0.1", description="Address the embedded broker binds to.")
+    stomp_port: Port = Field(default=61613, description="STOMP port (what the ingester uses).")
+    openwire_port: Port = Field(default=61616, description="OpenWire port (JMS clients).")
+    user: str | None = Field(default=None, description="Broker login, if the broker needs one.")
+    password: SecretStr | None = Field(default=None, description="Broker passcode.")
+    password_file: Path | None = Field(default=None, description="File holding the broker passcode.")
+    activemq_home: Path = Field(
+        default=Path("/usr/share/activemq"), description="ActiveMQ Classic install (Debian's package)."
+    )
+    java: str = Field(default="java", description="Java executable that runs the embedded broker.")
+    heap: str = Field(default="256M", pattern=r"^\d+[KMG]$", description="Broker JVM heap (-Xmx).")
 
     @model_validator(mode="after")
     def _load_secret(self) -> BrokerSettings:

@@ -6,6 +6,7 @@ import pytest
 import yaml
 
 from mlex_tomo.cli import main
+from mlex_tomo.config_reference import render
 from mlex_tomo.settings import (
     SettingsError,
     StackSettings,
@@ -165,3 +166,9 @@ def test_generate_config_asks_before_overwriting(tmp_path, monkeypatch, capsys):
 def test_cli_reports_bad_settings_with_exit_code_2(capsys):
     assert main(["status", "--tiled.port", "not-a-port"]) == 2
     assert "tiled.port" in capsys.readouterr().err
+
+
+def test_configuration_reference_is_current():
+    """docs/configuration.md is generated; regenerate it when settings change."""
+    committed = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
+    assert committed == render(), "run: python -m mlex_tomo.config_reference > docs/configuration.md"

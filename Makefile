@@ -4,6 +4,8 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_PACKAGES := activemq default-jre-headless python3-venv
+# uv does not read pip's config: hand it pip's local wheel folder (e.g. a CPU-only torch).
+export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
 
 .PHONY: run test test-quick setup system-deps clean-state
 

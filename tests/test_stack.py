@@ -14,6 +14,8 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from tiled.client import from_uri
 
+from mlex_tomo.settings import load_settings
+from mlex_tomo.stack.services import embedded_services
 from tests.conftest import RunningStack
 
 pytestmark = pytest.mark.stack
@@ -134,3 +136,19 @@ def test_a_port_in_use_is_named_with_its_setting(tmp_path):
         result = stack.cli("up")
     assert result.returncode == 1
     assert f"port {port}" in result.stdout and "--tiled.port" in result.stdout
+
+
+def test_services_with_an_external_address_are_not_started(tmp_path):
+    settings = load_settings(
+        overrides={
+            "data_dir": str(tmp_path),
+            "broker": {"url": "stomp://broker.facility:61613"},
+            "tiled": {"url": "http://tiled.facility:8000"},
+        },
+        environ={},
+    )
+    started = [service.name for wave in embedded_services(settings) for service in wave]
+    assert started == ["prefect", "worker"]
+    assert settings.broker.stomp_address == ("broker.facility", 61613)
+    assert settings.tiled.base_url == "http://tiled.facility:8000"
+

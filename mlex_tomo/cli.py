@@ -67,6 +67,19 @@ def _build_parser() -> argparse.ArgumentParser:
     )
     status.set_defaults(command=_status)
 
+    ingester = commands.add_parser(
+        "ingester", parents=[common], allow_abbrev=False,
+        help="listen on the broker and register announced reconstructions in Tiled",
+    )
+    ingester.set_defaults(command=_ingester)
+
+    ingest = commands.add_parser(
+        "ingest", parents=[common], allow_abbrev=False,
+        help="register one reconstruction file or folder by hand, as if announced",
+    )
+    ingest.add_argument("path", help="the file (NeXus/HDF5, Zarr, TIFF) or TIFF stack folder")
+    ingest.set_defaults(command=_ingest)
+
     generate = commands.add_parser(
         "generate-config", parents=[common], allow_abbrev=False,
         help="write the resolved settings (without secrets) to a YAML file",
@@ -85,6 +98,27 @@ def _up(settings: StackSettings, arguments: argparse.Namespace) -> int:
     except StartupError as error:
         print(f"mlex-tomo: {error}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _ingester(settings: StackSettings, arguments: argparse.Namespace) -> int:
+    from ingester.service import run_ingester
+
+    return run_ingester(settings)
+
+
+def _ingest(settings: StackSettings, arguments: argparse.Namespace) -> int:
+    from ingester.errors import Rejected, TiledUnavailable
+    from ingester.messages import IngestMessage
+    from ingester.processor import Processor
+
+    path = Path(arguments.path).expanduser().absolute()
+    try:
+        outcome = Processor(settings).process(IngestMessage(filePath=str(path)))
+    except (Rejected, TiledUnavailable) as error:
+        print(f"mlex-tomo: not ingested: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"{outcome.kind}: {outcome.detail}")
+    return EXIT_OK
 
 
 def _status(settings: StackSettings, arguments: argparse.Namespace) -> int:

@@ -148,6 +148,50 @@ class BrokerSettings(Section):
         return self.url is None
 
 
+class IngesterSettings(Section):
+    """The listener that registers announced reconstructions in Tiled."""
+
+    destination: str = Field(
+        default="/topic/org.dawnsci.file.topic",
+        pattern=r"^/(topic|queue)/\S+$",
+        description="Where reconstructions are announced (Savu/GDA publish to this topic).",
+    )
+    dead_letter_destination: str = Field(
+        default="/queue/mlex.ingest.dlq",
+        pattern=r"^/(topic|queue)/\S+$",
+        description="Rejected messages go here with the reason in the `mlex-reason` header.",
+    )
+    client_id: str = Field(
+        default="mlex-tomo-ingester",
+        min_length=1,
+        description="STOMP client id; with a topic, names the durable subscription that keeps "
+        "messages published while the ingester is down. One per ingester.",
+    )
+    data_roots: list[Path] = Field(
+        default_factory=list,
+        description="Only files under these folders are ingested; default: data_dir/tiled_storage/recons. "
+        "Tiled's readable_storage must cover them.",
+    )
+    accepted_statuses: list[str] = Field(
+        default_factory=lambda: ["COMPLETE", "COMPLETED", "FINISHED", "SUCCESS"],
+        description="Message `status` values meaning the file is final (case-insensitive); "
+        "a message without `status` is final too. Others are acknowledged and skipped.",
+    )
+    hdf5_dataset: str | None = Field(
+        default=None,
+        description="Dataset to register from plain HDF5 files; default: the only 3-D dataset.",
+    )
+    file_wait_seconds: float = Field(
+        default=30.0, ge=0, description="How long to wait for an announced file that is not there yet."
+    )
+    heartbeat_milliseconds: int = Field(
+        default=10_000, ge=0, description="STOMP heart-beat interval, both directions."
+    )
+    reconnect_max_seconds: float = Field(
+        default=30.0, gt=0, description="Longest wait between reconnection attempts (backoff cap)."
+    )
+
+
 class StackSettings(BaseSettings):
     """Everything a part of mlex-tomo can be told; see docs/configuration.md."""
 
@@ -165,6 +209,7 @@ class StackSettings(BaseSettings):
     tiled: TiledSettings = TiledSettings()
     prefect: PrefectSettings = PrefectSettings()
     broker: BrokerSettings = BrokerSettings()
+    ingester: IngesterSettings = IngesterSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -197,6 +242,20 @@ class StackSettings(BaseSettings):
     @property
     def writable_path(self) -> Path:
         return self.data_path / "tiled_storage" / "writable"
+
+    @property
+    def ingest_roots(self) -> list[Path]:
+        roots = self.ingester.data_roots or [self.recons_path]
+        return [root.expanduser().resolve() for root in roots]
+
+    @property
+    def run_path(self) -> Path:
+        """Files of the running stack: lock, resolved settings for children, status."""
+        return self.data_path / "run"
+
+    @property
+    def ingester_status_path(self) -> Path:
+        return self.run_path / "ingester.json"
 
     @property
     def tiled_api_key_path(self) -> Path:
@@ -271,6 +330,15 @@ def settings_as_yaml(settings: StackSettings) -> str:
 
 def _secret_fields() -> dict[str, set[str]]:
     return {"tiled": {"api_key"}, "broker": {"password"}}
+
+
+def secrets_as_environment(settings: StackSettings) -> dict[str, str]:
+    """The secrets `settings_as_yaml` leaves out, as variables for a child process."""
+    values = {
+        "TILED__API_KEY": settings.tiled.api_key,
+        "BROKER__PASSWORD": settings.broker.password,
+    }
+    return {ENV_PREFIX + name: secret.get_secret_value() for name, secret in values.items() if secret}
 
 
 def _parse_scalar(value: str) -> Any:

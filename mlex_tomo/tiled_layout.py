@@ -7,7 +7,10 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+from pydantic import BaseModel, ConfigDict
 
 from mlex_tomo.settings import StackSettings
 
@@ -24,6 +27,22 @@ CONTAINER_DESCRIPTIONS = {
     MASKS: "Sparse label masks painted in the segmentation UI.",
     RESULTS: "Segmentation results written by segmentation jobs.",
 }
+
+
+class ReconstructionMetadata(BaseModel):
+    """Metadata of `/recons/<scan>`, as the ingester writes it and the UI reads it."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    scan_id: str
+    source_path: str
+    format: str
+    shape: list[int]
+    dtype: str
+    ingested_at: datetime
+    beamline: str | None = None
+    voxel_size: float | list[float] | None = None
+    producer_message: dict[str, Any] = {}
 
 
 def connect(settings: StackSettings, *, writable: bool = False) -> Container:

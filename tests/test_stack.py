@@ -20,7 +20,7 @@ from tests.conftest import RunningStack
 
 pytestmark = pytest.mark.stack
 
-SERVICES = ("broker", "tiled", "prefect", "worker")
+SERVICES = ("broker", "tiled", "prefect", "worker", "ingester")
 
 
 @pytest.fixture(scope="module")
@@ -147,8 +147,9 @@ def test_services_with_an_external_address_are_not_started(tmp_path):
         },
         environ={},
     )
-    started = [service.name for wave in embedded_services(settings) for service in wave]
-    assert started == ["prefect", "worker"]
+    servers, clients = embedded_services(settings)
+    assert [service.name for service in servers] == ["prefect"]
+    assert [service.name for service in clients] == ["worker", "ingester"]
     assert settings.broker.stomp_address == ("broker.facility", 61613)
     assert settings.tiled.base_url == "http://tiled.facility:8000"
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import socket
 from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import psutil
 
 import httpx
 
 from mlex_tomo.settings import StackSettings
 
 PROBE_TIMEOUT_SECONDS = 3.0
+# The ingester rewrites its status file every 2 s; older than this means hung or gone.
+INGESTER_STATUS_STALE_SECONDS = 10.0
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,26 @@ def broker_health(settings: StackSettings) -> Health:
     return Health("broker", True, url)
 
 
+def ingester_health(settings: StackSettings) -> Health:
+    """Read the status file a local ingester keeps fresh (see ingester/status.py)."""
+    label = settings.ingester.destination
+    path = settings.ingester_status_path
+    try:
+        status = json.loads(path.read_text())
+        age = (datetime.now(UTC) - datetime.fromisoformat(status["updated_at"])).total_seconds()
+        pid = int(status["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return Health("ingester", False, label, f"no ingester status at {path}")
+    if status.get("stopped") or not psutil.pid_exists(pid):
+        return Health("ingester", False, label, "not running")
+    if age > INGESTER_STATUS_STALE_SECONDS:
+        return Health("ingester", False, label, f"status not updated for {age:.0f} s")
+    if not status.get("connected"):
+        return Health("ingester", False, label, "not connected to the broker")
+    counts = ", ".join(f"{count} {kind}" for kind, count in sorted(status.get("counts", {}).items()))
+    return Health("ingester", True, label, counts)
+
+
 def _http_health(service: str, url: str, probe_url: str) -> Health:
     try:
         response = httpx.get(probe_url, timeout=PROBE_TIMEOUT_SECONDS)
@@ -85,4 +111,5 @@ def _http_health(service: str, url: str, probe_url: str) -> Health:
 
 
 def stack_health(settings: StackSettings) -> list[Health]:
-    return [probe(settings) for probe in (broker_health, tiled_health, prefect_health, worker_health)]
+    probes = (broker_health, tiled_health, prefect_health, worker_health, ingester_health)
+    return [probe(settings) for probe in probes]

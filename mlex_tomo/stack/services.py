@@ -6,12 +6,14 @@ import socket
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from mlex_tomo.settings import StackSettings
+from mlex_tomo.settings import StackSettings, secrets_as_environment, settings_as_yaml
 from mlex_tomo.stack import activemq
 from mlex_tomo.stack.health import (
     Health,
     broker_health,
+    ingester_health,
     prefect_health,
     tiled_health,
     worker_health,
@@ -28,20 +30,20 @@ class Service:
     """Setting name -> port this service will listen on, checked free before start."""
 
 
-def embedded_services(settings: StackSettings) -> list[list[Service]]:
-    """Services to start, in waves: a wave starts once the previous one is healthy.
+def embedded_services(settings: StackSettings) -> tuple[list[Service], list[Service]]:
+    """Servers, then their clients: the clients start once every server is healthy.
 
     A service configured with an external URL (`tiled.url`, `prefect.api_url`,
     `broker.url`) is not started; its probe still runs in `mlex-tomo status`.
     """
-    first_wave = []
+    servers = []
     if settings.broker.embedded:
-        first_wave.append(broker_service(settings))
+        servers.append(broker_service(settings))
     if settings.tiled.embedded:
-        first_wave.append(tiled_service(settings))
+        servers.append(tiled_service(settings))
     if settings.prefect.embedded:
-        first_wave.append(prefect_server_service(settings))
-    return [wave for wave in (first_wave, [worker_service(settings)]) if wave]
+        servers.append(prefect_server_service(settings))
+    return servers, [worker_service(settings), ingester_service(settings)]
 
 
 def broker_service(settings: StackSettings) -> Service:
@@ -109,6 +111,32 @@ def worker_service(settings: StackSettings) -> Service:
             "PREFECT_WORKER_QUERY_SECONDS": str(prefect.worker_query_seconds),
         },
     )
+
+
+def ingester_service(settings: StackSettings) -> Service:
+    return Service(
+        name="ingester",
+        command=mlex_tomo_command(settings, "ingester"),
+        probe=ingester_health,
+        env=secrets_as_environment(settings),
+    )
+
+
+def mlex_tomo_command(settings: StackSettings, subcommand: str) -> list[str]:
+    """`mlex-tomo SUBCOMMAND` reading the settings `up` resolved (see `write_child_settings`)."""
+    config = str(child_settings_path(settings))
+    return [sys.executable, "-m", "mlex_tomo.cli", subcommand, "--config", config]
+
+
+def child_settings_path(settings: StackSettings) -> Path:
+    return settings.run_path / "settings.yaml"
+
+
+def write_child_settings(settings: StackSettings) -> None:
+    """Children read the resolved settings from a file; their secrets come by environment."""
+    path = child_settings_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(settings_as_yaml(settings))
 
 
 def prefect_client_environment(settings: StackSettings) -> dict[str, str]:

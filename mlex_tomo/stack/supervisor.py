@@ -25,7 +25,7 @@ from mlex_tomo.settings import StackSettings
 from mlex_tomo.stack import activemq
 from mlex_tomo.stack.health import Health
 from mlex_tomo.stack.processes import ManagedProcess
-from mlex_tomo.stack.services import Service, embedded_services
+from mlex_tomo.stack.services import Service, embedded_services, write_child_settings
 
 PROBE_INTERVAL_SECONDS = 0.5
 MONITOR_INTERVAL_SECONDS = 1.0
@@ -46,19 +46,22 @@ class Stack:
         self.running: list[tuple[Service, ManagedProcess]] = []
 
     def start(self) -> None:
-        """Start every embedded service wave by wave, then prepare Tiled and Prefect."""
+        """Start the servers, prepare Tiled and Prefect, then start their clients."""
         settings = self.settings
         if settings.broker.embedded:
             activemq.check_installation(settings.broker)
-        waves = self._prepare()
-        _check_ports_free([service for wave in waves for service in wave])
-        for wave in waves:
-            for service in wave:
-                self._launch(service)
-            self._wait_healthy(wave)
+        servers, clients = self._prepare()
+        _check_ports_free(servers + clients)
+        self._start_wave(servers)
         self._initialise_services()
+        self._start_wave(clients)
 
-    def _prepare(self) -> list[list[Service]]:
+    def _start_wave(self, wave: list[Service]) -> None:
+        for service in wave:
+            self._launch(service)
+        self._wait_healthy(wave)
+
+    def _prepare(self) -> tuple[list[Service], list[Service]]:
         settings = self.settings
         state = settings.data_path
         for directory in (
@@ -70,6 +73,7 @@ class Stack:
             key = SecretStr(_generate_tiled_api_key(settings.tiled_api_key_path))
             tiled = settings.tiled.model_copy(update={"api_key": key})
             self.settings = settings = settings.model_copy(update={"tiled": tiled})
+        write_child_settings(settings)
         return embedded_services(settings)
 
     def _launch(self, service: Service) -> None:
@@ -144,6 +148,7 @@ class Stack:
             ("Prefect API", settings.prefect.resolved_api_url),
             ("ActiveMQ STOMP", "stomp://{}:{}".format(*settings.broker.stomp_address)),
             ("Work pool", settings.prefect.work_pool),
+            ("Ingesting from", settings.ingester.destination),
             ("Logs", str(settings.logs_path)),
         ]
         width = max(len(label) for label, _ in rows)

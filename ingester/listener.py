@@ -1,0 +1,195 @@
+"""The STOMP consumer: one message in flight, acknowledged only once it is safe to.
+
+A message is acknowledged after its scan is registered, or after it has been handed
+to the dead-letter destination (confirmed by a broker receipt). While Tiled is down
+the message stays unacknowledged and is retried; if the broker connection drops, the
+broker redelivers it to the next connection. Topics are consumed through a durable
+subscription named by the client id, so nothing published while the ingester is down
+is lost.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+import stomp
+from stomp.exception import StompException
+
+from ingester.errors import Interrupted, Rejected, TiledUnavailable
+from ingester.messages import IngestMessage
+from ingester.processor import Outcome, Processor
+from ingester.status import IngesterStatus
+from mlex_tomo.settings import StackSettings
+
+log = logging.getLogger("mlex_tomo.ingester")
+
+SUBSCRIPTION_ID = "mlex-tomo-ingest"
+RECEIPT_TIMEOUT_SECONDS = 10.0
+FIRST_RETRY_SECONDS = 0.5
+FRAME_POLL_SECONDS = 0.5
+
+
+@dataclass
+class _Session:
+    """One broker connection and what its receiver thread hands over."""
+
+    connection: stomp.StompConnection12
+    frames: queue.Queue = field(default_factory=queue.Queue)
+    disconnected: threading.Event = field(default_factory=threading.Event)
+    receipts: dict[str, threading.Event] = field(default_factory=dict)
+
+
+class _SessionListener(stomp.ConnectionListener):
+    def __init__(self, session: _Session) -> None:
+        self.session = session
+
+    def on_message(self, frame) -> None:
+        self.session.frames.put(frame)
+
+    def on_receipt(self, frame) -> None:
+        arrived = self.session.receipts.get(frame.headers.get("receipt-id", ""))
+        if arrived is not None:
+            arrived.set()
+
+    def on_error(self, frame) -> None:
+        log.error("broker error: %s", frame.headers.get("message", frame.body))
+
+    def on_disconnected(self) -> None:
+        self.session.disconnected.set()
+
+    def on_heartbeat_timeout(self) -> None:
+        log.warning("broker heart-beat missed; reconnecting")
+        self.session.disconnected.set()
+
+
+class Listener:
+    def __init__(self, settings: StackSettings, processor: Processor, status: IngesterStatus) -> None:
+        self.settings = settings
+        self.processor = processor
+        self.status = status
+
+    def run(self, stop: threading.Event) -> None:
+        """Consume until `stop` is set, reconnecting forever with capped exponential backoff."""
+        delay = FIRST_RETRY_SECONDS
+        host, port = self.settings.broker.stomp_address
+        while not stop.is_set():
+            try:
+                session = self._open_session()
+            except (StompException, OSError) as error:
+                self.status.update(connected=False)
+                log.warning("broker %s:%s unreachable (%s); retrying in %.1f s", host, port, error, delay)
+                stop.wait(delay)
+                delay = min(delay * 2, self.settings.ingester.reconnect_max_seconds)
+                continue
+            delay = FIRST_RETRY_SECONDS
+            self.status.update(connected=True)
+            log.info("consuming %s on %s:%s", self.settings.ingester.destination, host, port)
+            try:
+                self._consume(session, stop)
+            finally:
+                self.status.update(connected=False)
+                _close(session)
+
+    def _open_session(self) -> _Session:
+        broker, ingester = self.settings.broker, self.settings.ingester
+        heartbeat = ingester.heartbeat_milliseconds
+        connection = stomp.StompConnection12(
+            [broker.stomp_address],
+            heartbeats=(heartbeat, heartbeat),
+            reconnect_attempts_max=1,
+            auto_decode=False,
+            timeout=10,
+        )
+        session = _Session(connection)
+        connection.set_listener("ingester", _SessionListener(session))
+        password = broker.password.get_secret_value() if broker.password else None
+        connection.connect(
+            broker.user, password, wait=True, headers={"client-id": ingester.client_id}
+        )
+        headers = {"activemq.prefetchSize": "1"}
+        if ingester.destination.startswith("/topic/"):
+            headers["activemq.subscriptionName"] = ingester.client_id
+        connection.subscribe(ingester.destination, id=SUBSCRIPTION_ID, ack="client-individual", headers=headers)
+        return session
+
+    def _consume(self, session: _Session, stop: threading.Event) -> None:
+        while not stop.is_set() and not session.disconnected.is_set():
+            try:
+                frame = session.frames.get(timeout=FRAME_POLL_SECONDS)
+            except queue.Empty:
+                continue
+            try:
+                self._handle(session, frame, stop)
+            except Interrupted as reason:
+                log.info("left unacknowledged for redelivery: %s", reason)
+                return
+
+    def _handle(self, session: _Session, frame, stop: threading.Event) -> None:
+        started = time.perf_counter()
+        message_id = frame.headers.get("message-id", "?")
+        try:
+            message = IngestMessage.from_body(frame.body)
+            outcome = self._process_until_tiled_answers(message, session, stop)
+        except Rejected as reason:
+            self._dead_letter(session, frame, str(reason))
+            self.status.count("rejected")
+            log.warning("rejected message %s: %s", message_id, reason)
+        else:
+            self.status.count(outcome.kind)
+            log.info(
+                "%s %s in %.0f ms (message %s)",
+                outcome.kind, outcome.detail, 1000 * (time.perf_counter() - started), message_id,
+            )
+        session.connection.ack(frame.headers["ack"])
+
+    def _process_until_tiled_answers(
+        self, message: IngestMessage, session: _Session, stop: threading.Event
+    ) -> Outcome:
+        delay = FIRST_RETRY_SECONDS
+        interrupted = lambda: stop.is_set() or session.disconnected.is_set()  # noqa: E731
+        while True:
+            try:
+                return self.processor.process(message, should_stop=interrupted)
+            except TiledUnavailable as problem:
+                self.processor.forget_connection()
+                self.status.update(tiled_available=False)
+                log.warning("%s; keeping the message and retrying in %.1f s", problem, delay)
+                if stop.wait(delay) or session.disconnected.is_set():
+                    raise Interrupted("stopped while Tiled was unavailable") from None
+                delay = min(delay * 2, self.settings.ingester.reconnect_max_seconds)
+            else:
+                self.status.update(tiled_available=True)
+
+    def _dead_letter(self, session: _Session, frame, reason: str) -> None:
+        """Hand the original body on with the reason; return once the broker has it."""
+        receipt = uuid.uuid4().hex
+        arrived = session.receipts[receipt] = threading.Event()
+        headers = {
+            "mlex-reason": " ".join(reason.split()),
+            "mlex-original-destination": frame.headers.get("destination", ""),
+            "mlex-original-message-id": frame.headers.get("message-id", ""),
+            "persistent": "true",
+        }
+        if "content-type" in frame.headers:
+            headers["content-type"] = frame.headers["content-type"]
+        session.connection.send(
+            self.settings.ingester.dead_letter_destination, frame.body, headers=headers, receipt=receipt
+        )
+        try:
+            if not arrived.wait(RECEIPT_TIMEOUT_SECONDS):
+                raise Interrupted("the broker did not confirm the dead-lettered copy")
+        finally:
+            del session.receipts[receipt]
+
+
+def _close(session: _Session) -> None:
+    try:
+        if session.connection.is_connected():
+            session.connection.disconnect()
+    except (StompException, OSError):
+        pass

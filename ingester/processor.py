@@ -1,0 +1,78 @@
+"""From an announcement to a registered scan, independent of how the message arrived.
+
+`mlex-tomo ingest PATH` and the STOMP listener both go through `Processor.process`, so
+a file registered by hand ends up exactly as one announced on the broker.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from ingester.errors import Interrupted, Rejected
+from ingester.messages import IngestMessage
+from ingester.paths import resolve_within_roots
+from ingester.registry import Registration, ScanRegistry
+from ingester.sources import describe
+from mlex_tomo.settings import StackSettings
+
+FIRST_FILE_POLL_SECONDS = 0.05
+LONGEST_FILE_POLL_SECONDS = 2.0
+
+
+@dataclass(frozen=True)
+class Outcome:
+    kind: Literal["registered", "unchanged", "skipped"]
+    detail: str
+    registration: Registration | None = None
+
+
+class Processor:
+    def __init__(
+        self,
+        settings: StackSettings,
+        connect_registry: Callable[[StackSettings], ScanRegistry] = ScanRegistry.connect,
+    ) -> None:
+        self.settings = settings
+        self.roots = settings.ingest_roots
+        self._connect_registry = connect_registry
+        self._registry: ScanRegistry | None = None
+
+    def process(self, message: IngestMessage, should_stop: Callable[[], bool] = lambda: False) -> Outcome:
+        """Register the announced scan; raises Rejected or TiledUnavailable."""
+        ingester = self.settings.ingester
+        if not message.is_final(ingester.accepted_statuses):
+            return Outcome("skipped", f"status {message.status!r} does not mean the file is final")
+        resolve_within_roots(message.file_path, self.roots)
+        self._wait_for(Path(message.file_path), should_stop)
+        path = resolve_within_roots(message.file_path, self.roots)
+        scan = describe(path, self.roots, ingester.hdf5_dataset)
+        registration = self.registry.register(scan, message.producer_fields())
+        kind = "registered" if registration.created else "unchanged"
+        return Outcome(kind, f"{scan.file_format} {scan.volume.structure.shape} at {registration.path}", registration)
+
+    @property
+    def registry(self) -> ScanRegistry:
+        if self._registry is None:
+            self._registry = self._connect_registry(self.settings)
+        return self._registry
+
+    def forget_connection(self) -> None:
+        """After Tiled failed, connect afresh on the next attempt."""
+        self._registry = None
+
+    def _wait_for(self, path: Path, should_stop: Callable[[], bool]) -> None:
+        """Writers announce files a little early at times: give them a while."""
+        deadline = time.monotonic() + self.settings.ingester.file_wait_seconds
+        pause = FIRST_FILE_POLL_SECONDS
+        while not path.exists():
+            if should_stop():
+                raise Interrupted(f"stopped while waiting for {path}")
+            if time.monotonic() >= deadline:
+                waited = self.settings.ingester.file_wait_seconds
+                raise Rejected(f"{path} does not exist (waited {waited:g} s)")
+            time.sleep(pause)
+            pause = min(pause * 2, LONGEST_FILE_POLL_SECONDS)

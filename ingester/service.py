@@ -1,0 +1,27 @@
+"""`mlex-tomo ingester`: run the listener in the foreground until SIGTERM or Ctrl-C."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+
+from ingester.listener import Listener
+from ingester.processor import Processor
+from ingester.status import IngesterStatus
+from mlex_tomo.settings import StackSettings
+
+
+def run_ingester(settings: StackSettings) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the log
+    stop = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stop.set())
+    status = IngesterStatus(settings.ingester_status_path, settings.ingester.destination)
+    status.write()
+    threading.Thread(target=status.keep_fresh, args=(stop,), daemon=True).start()
+    Listener(settings, Processor(settings), status).run(stop)
+    status.update(connected=False, stopped=True)
+    logging.getLogger("mlex_tomo.ingester").info("stopped")
+    return 0

@@ -236,7 +236,7 @@ def generate_slab(
     inner = slice(z_start - padded_start, z_stop - padded_start)
     image = np.ascontiguousarray(image[inner])
     _add_noise(image, spec, z_start)
-    return _to_dtype(image, spec.dtype), np.ascontiguousarray(padded_labels[inner])
+    return to_dtype(image, spec.dtype), np.ascontiguousarray(padded_labels[inner])
 
 
 def iter_slabs(
@@ -267,7 +267,7 @@ def _add_noise(image: NDArray[np.float32], spec: PhantomSpec, z_start: int) -> N
         plane += noise
 
 
-def _to_dtype(
+def to_dtype(
     image: NDArray[np.float32], dtype: Literal["float32", "uint16", "uint8"]
 ) -> ImageArray:
     """Map [0, 1] onto the integer type's full range, as integer reconstructions use it."""

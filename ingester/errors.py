@@ -11,3 +11,7 @@ class TiledUnavailable(Exception):
 
 class Interrupted(Exception):
     """Shutdown began mid-message: neither acknowledge nor reject; the broker redelivers."""
+
+
+class Unreadable(Rejected):
+    """The file cannot be read yet: it may still be being written, so retry for a while."""

@@ -15,6 +15,8 @@ import queue
 import threading
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import stomp
@@ -82,7 +84,7 @@ class Listener:
                 session = self._open_session()
             except (StompException, OSError) as error:
                 self.status.update(connected=False)
-                log.warning("broker %s:%s unreachable (%s); retrying in %.1f s", host, port, error, delay)
+                log.warning("broker %s:%s unreachable (%r); retrying in %.1f s", host, port, error, delay)
                 stop.wait(delay)
                 delay = min(delay * 2, self.settings.ingester.reconnect_max_seconds)
                 continue
@@ -136,16 +138,26 @@ class Listener:
             message = IngestMessage.from_body(frame.body)
             outcome = self._process_until_tiled_answers(message, session, stop)
         except Rejected as reason:
-            self._dead_letter(session, frame, str(reason))
-            self.status.count("rejected")
-            log.warning("rejected message %s: %s", message_id, reason)
+            self._reject(session, frame, str(reason))
+        except (Interrupted, StompException, OSError):
+            raise
+        except Exception as error:  # a file we cannot make sense of must not stop the ingester
+            log.exception("unexpected error on message %s", message_id)
+            self._reject(session, frame, f"internal error: {type(error).__name__}: {error}")
         else:
             self.status.count(outcome.kind)
             log.info(
                 "%s %s in %.0f ms (message %s)",
                 outcome.kind, outcome.detail, 1000 * (time.perf_counter() - started), message_id,
             )
-        session.connection.ack(frame.headers["ack"])
+        with _broker_loss_interrupts("acknowledging"):
+            session.connection.ack(frame.headers["ack"])
+
+    def _reject(self, session: _Session, frame, reason: str) -> None:
+        with _broker_loss_interrupts("dead-lettering"):
+            self._dead_letter(session, frame, reason)
+        self.status.count("rejected")
+        log.warning("rejected message %s: %s", frame.headers.get("message-id", "?"), reason)
 
     def _process_until_tiled_answers(
         self, message: IngestMessage, session: _Session, stop: threading.Event
@@ -185,6 +197,15 @@ class Listener:
                 raise Interrupted("the broker did not confirm the dead-lettered copy")
         finally:
             del session.receipts[receipt]
+
+
+@contextmanager
+def _broker_loss_interrupts(doing: str) -> Iterator[None]:
+    """A connection lost mid-message is harmless: the broker redelivers, ingest is idempotent."""
+    try:
+        yield
+    except (StompException, OSError) as error:
+        raise Interrupted(f"broker connection lost while {doing} ({type(error).__name__})") from None
 
 
 def _close(session: _Session) -> None:

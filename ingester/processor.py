@@ -12,11 +12,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from ingester.errors import Interrupted, Rejected
+from ingester.errors import Interrupted, Rejected, Unreadable
 from ingester.messages import IngestMessage
 from ingester.paths import resolve_within_roots
 from ingester.registry import Registration, ScanRegistry
-from ingester.sources import describe
+from ingester.sources import ScanDescription, describe
 from mlex_tomo.settings import StackSettings
 
 FIRST_FILE_POLL_SECONDS = 0.05
@@ -47,12 +47,28 @@ class Processor:
         if not message.is_final(ingester.accepted_statuses):
             return Outcome("skipped", f"status {message.status!r} does not mean the file is final")
         resolve_within_roots(message.file_path, self.roots)
-        self._wait_for(Path(message.file_path), should_stop)
-        path = resolve_within_roots(message.file_path, self.roots)
-        scan = describe(path, self.roots, ingester.hdf5_dataset)
+        scan = self._describe_when_written(Path(message.file_path), should_stop)
         registration = self.registry.register(scan, message.producer_fields())
         kind = "registered" if registration.created else "unchanged"
         return Outcome(kind, f"{scan.file_format} {scan.volume.structure.shape} at {registration.path}", registration)
+
+    def _describe_when_written(self, path: Path, should_stop: Callable[[], bool]) -> ScanDescription:
+        """Writers announce files a little early at times: wait until the file exists and reads."""
+        ingester = self.settings.ingester
+        deadline = time.monotonic() + ingester.file_wait_seconds
+        pause = FIRST_FILE_POLL_SECONDS
+        while True:
+            try:
+                if not path.exists():
+                    raise Unreadable(f"{path} does not exist")
+                return describe(resolve_within_roots(str(path), self.roots), self.roots, ingester.hdf5_dataset)
+            except Unreadable as problem:
+                if should_stop():
+                    raise Interrupted(f"stopped while waiting for {path}") from None
+                if time.monotonic() >= deadline:
+                    raise Rejected(f"{problem} (waited {ingester.file_wait_seconds:g} s)") from None
+            time.sleep(pause)
+            pause = min(pause * 2, LONGEST_FILE_POLL_SECONDS)
 
     @property
     def registry(self) -> ScanRegistry:
@@ -63,16 +79,3 @@ class Processor:
     def forget_connection(self) -> None:
         """After Tiled failed, connect afresh on the next attempt."""
         self._registry = None
-
-    def _wait_for(self, path: Path, should_stop: Callable[[], bool]) -> None:
-        """Writers announce files a little early at times: give them a while."""
-        deadline = time.monotonic() + self.settings.ingester.file_wait_seconds
-        pause = FIRST_FILE_POLL_SECONDS
-        while not path.exists():
-            if should_stop():
-                raise Interrupted(f"stopped while waiting for {path}")
-            if time.monotonic() >= deadline:
-                waited = self.settings.ingester.file_wait_seconds
-                raise Rejected(f"{path} does not exist (waited {waited:g} s)")
-            time.sleep(pause)
-            pause = min(pause * 2, LONGEST_FILE_POLL_SECONDS)

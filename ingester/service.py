@@ -15,13 +15,19 @@ from mlex_tomo.settings import StackSettings
 def run_ingester(settings: StackSettings) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per request drowns the log
+    log = logging.getLogger("mlex_tomo.ingester")
     stop = threading.Event()
+
+    def request_stop(signum: int, frame) -> None:
+        log.info("%s received: finishing the message in hand, then stopping", signal.Signals(signum).name)
+        stop.set()
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(signum, lambda *_: stop.set())
+        signal.signal(signum, request_stop)
     status = IngesterStatus(settings.ingester_status_path, settings.ingester.destination)
     status.write()
     threading.Thread(target=status.keep_fresh, args=(stop,), daemon=True).start()
     Listener(settings, Processor(settings), status).run(stop)
     status.update(connected=False, stopped=True)
-    logging.getLogger("mlex_tomo.ingester").info("stopped")
+    log.info("stopped")
     return 0

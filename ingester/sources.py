@@ -21,7 +21,7 @@ from tiled.structures.core import StructureFamily
 from tiled.structures.data_source import Asset, DataSource, Management
 from tiled.utils import ensure_uri
 
-from ingester.errors import Rejected
+from ingester.errors import Rejected, Unreadable
 from ingester.paths import resolve_within_roots
 
 HDF5_SUFFIXES = {".nxs", ".h5", ".hdf5", ".hdf", ".nx5"}
@@ -86,7 +86,7 @@ def describe(path: Path, roots: list[Path], hdf5_dataset: str | None = None) -> 
     except Rejected:
         raise
     except (OSError, KeyError, ValueError, TypeError) as error:
-        raise Rejected(f"cannot read {path}: {error}") from None
+        raise Unreadable(f"cannot read {path}: {error}") from None
     raise Rejected(
         f"unsupported format {path.suffix or '(no suffix)'} for {path}; "
         "expected NeXus/HDF5, Zarr, a TIFF stack folder or a multi-page TIFF"

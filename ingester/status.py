@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 REFRESH_SECONDS = 2.0
-STALE_AFTER_SECONDS = 10.0
 
 
 class IngesterStatus:
@@ -52,18 +51,6 @@ class IngesterStatus:
         """Rewrite the file periodically until `stop`; run in a daemon thread."""
         while not stop.wait(REFRESH_SECONDS):
             self.write()
-
-
-def read_status(path: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
-def status_age_seconds(document: dict[str, Any]) -> float:
-    updated = datetime.fromisoformat(document["updated_at"])
-    return (datetime.now(UTC) - updated).total_seconds()
 
 
 def _now() -> str:

@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from prefect import Flow
 from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.callables import parameter_schema
 
@@ -35,7 +37,7 @@ DEPLOYMENTS = (
 
 
 def register_deployments(settings: StackSettings) -> list[str]:
-    """Create or update every deployment on the configured work pool; return their names."""
+    """Create or update every deployment (and the work pool if missing); return their names."""
     with temporary_settings({PREFECT_API_URL: settings.prefect.resolved_api_url}):
         return asyncio.run(_register(settings.prefect.work_pool))
 
@@ -43,6 +45,10 @@ def register_deployments(settings: StackSettings) -> list[str]:
 async def _register(work_pool: str) -> list[str]:
     names = []
     async with get_client() as client:
+        try:
+            await client.read_work_pool(work_pool)
+        except ObjectNotFound:
+            await client.create_work_pool(WorkPoolCreate(name=work_pool, type="process"))
         for spec in DEPLOYMENTS:
             flow_id = await client.create_flow_from_name(spec.flow.name)
             await client.create_deployment(

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -80,6 +81,26 @@ def _build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("path", help="the file (NeXus/HDF5, Zarr, TIFF) or TIFF stack folder")
     ingest.set_defaults(command=_ingest)
 
+    simulate = commands.add_parser(
+        "simulate-scan", parents=[common], allow_abbrev=False,
+        help="write a synthetic reconstruction under the recons root and announce it, "
+        "as a reconstruction program would",
+    )
+    simulate.add_argument("--name", required=True, help="scan name (letters, digits, - _ .)")
+    simulate.add_argument(
+        "--size", type=_shape, default=(128, 128, 128),
+        help="N for N^3, or Z,Y,X (default 128)",
+    )
+    simulate.add_argument("--format", default="savu", help="savu (default), nxtomo, hdf5, zarr2, zarr3, tiff-stack, tiff-multipage")
+    simulate.add_argument("--dtype", default="float32", choices=["float32", "uint16", "uint8"])
+    simulate.add_argument("--seed", type=int, default=0)
+    simulate.add_argument("--realistic", action="store_true", help="simulate projections and reconstruct them (noise, rings)")
+    simulate.add_argument("--no-tiff-saver", action="store_true", help="savu format without the TiffSaver folder")
+    simulate.add_argument("--overwrite", action="store_true", help="replace a scan of the same name")
+    simulate.add_argument("--no-announce", action="store_true", help="write the files only")
+    simulate.add_argument("--wait", type=float, default=30.0, help="seconds to wait until Tiled serves it (0: do not wait)")
+    simulate.set_defaults(command=_simulate_scan)
+
     generate = commands.add_parser(
         "generate-config", parents=[common], allow_abbrev=False,
         help="write the resolved settings (without secrets) to a YAML file",
@@ -119,6 +140,81 @@ def _ingest(settings: StackSettings, arguments: argparse.Namespace) -> int:
         return EXIT_FAILURE
     print(f"{outcome.kind}: {outcome.detail}")
     return EXIT_OK
+
+
+def _shape(text: str) -> tuple[int, int, int]:
+    try:
+        sizes = [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected N or Z,Y,X, got {text!r}") from None
+    if len(sizes) == 1:
+        sizes *= 3
+    if len(sizes) != 3:
+        raise argparse.ArgumentTypeError(f"expected N or Z,Y,X, got {text!r}")
+    return tuple(sizes)
+
+
+def _simulate_scan(settings: StackSettings, arguments: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from mlex_tomo.announce import announce
+    from mlex_tomo.phantom import PhantomSpec
+    from mlex_tomo.scan_simulator import simulate_scan
+    from mlex_tomo.tomography import AcquisitionParameters
+
+    try:
+        spec = PhantomSpec(shape=arguments.size, seed=arguments.seed, dtype=arguments.dtype)
+        scan = simulate_scan(
+            settings.recons_path,
+            settings.data_path / "ground_truth",
+            arguments.name,
+            spec,
+            arguments.format,
+            realistic=AcquisitionParameters(seed=arguments.seed) if arguments.realistic else None,
+            tiff_saver=not arguments.no_tiff_saver,
+            overwrite=arguments.overwrite,
+        )
+    except (ValueError, ValidationError) as error:
+        print(f"mlex-tomo: {error}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"wrote {scan.announce_path} ({scan.file_format}, {scan.shape}, {scan.dtype})")
+    print(f"ground truth: {scan.ground_truth_path}")
+    if arguments.no_announce:
+        return EXIT_OK
+    announced_at = time.monotonic()
+    try:
+        announce(settings, scan.announce_path, beamline="simulated", scanId=arguments.name)
+    except Exception as error:  # stomp.py raises several unrelated types for "no broker"
+        print(f"mlex-tomo: could not announce on {settings.broker.stomp_address}: {error!r}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"announced on {settings.ingester.destination}")
+    if arguments.wait <= 0:
+        return EXIT_OK
+    node = _wait_until_served(settings, arguments.name, scan.announce_path, arguments.wait)
+    if node is None:
+        print(f"mlex-tomo: not served by Tiled after {arguments.wait:g} s; is the ingester running?", file=sys.stderr)
+        return EXIT_FAILURE
+    elapsed = time.monotonic() - announced_at
+    print(f"browsable at {settings.tiled.base_url}/api/v1/metadata/recons/{node} {elapsed:.2f} s after the announcement")
+    return EXIT_OK
+
+
+def _wait_until_served(settings: StackSettings, name: str, path: Path, timeout: float) -> str | None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    url = f"{settings.tiled.base_url}/api/v1/metadata/recons/{name}"
+    while time.monotonic() < deadline:
+        try:
+            response = httpx.get(url, timeout=5)
+            if response.status_code == 200:
+                metadata = response.json()["data"]["attributes"]["metadata"]
+                if metadata.get("source_path") == str(path.resolve()):
+                    return name
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    return None
 
 
 def _status(settings: StackSettings, arguments: argparse.Namespace) -> int:

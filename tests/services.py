@@ -68,8 +68,11 @@ class Services:
         if name == "tiled":
             ensure_containers(self.tiled(writable=True))
 
-    def stop(self, name: str) -> None:
-        self.processes.pop(name).stop()
+    def stop(self, name: str) -> int:
+        """Stop one service; its exit code (negative: killed by that signal)."""
+        process = self.processes.pop(name)
+        process.stop()
+        return process.process.returncode
 
     def stop_all(self) -> None:
         for name in reversed(list(self.processes)):

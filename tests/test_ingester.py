@@ -168,7 +168,7 @@ def test_a_file_announced_before_it_is_written_is_waited_for(services, broker):
 
 
 def test_messages_published_while_the_ingester_is_down_are_not_lost(services, broker):
-    services.stop("ingester")
+    assert services.stop("ingester") == 0, "SIGTERM must stop the ingester cleanly, not by SIGKILL"
     paths = [simulate(services, f"offline-{index}", "hdf5").announce_path for index in range(5)]
     broker.announce(*paths)
     services.start("ingester")

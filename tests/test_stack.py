@@ -93,6 +93,19 @@ def test_a_deployed_flow_runs_through_the_worker(own_stack):
     assert flow_run.work_pool_name == "segmentation"
 
 
+def test_a_simulated_scan_is_ingested_and_browsable(own_stack):
+    result = own_stack.cli("simulate-scan", "--name", "sim-001", "--size", "32", "--wait", "60", timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "browsable at" in result.stdout
+
+    node = from_uri(own_stack.settings.tiled.base_url)["recons"]["sim-001"]
+    assert node.metadata["format"] == "savu-nexus"
+    assert node["data"].shape == (32, 32, 32)
+    ground_truth = own_stack.data_dir / "ground_truth" / "sim-001_labels.h5"
+    assert ground_truth.is_file()
+    assert not (own_stack.settings.recons_path / "sim-001" / ground_truth.name).exists()
+
+
 def test_a_second_up_on_the_same_data_dir_is_refused(own_stack):
     result = own_stack.cli("up", timeout=60)
     assert result.returncode == 1

@@ -53,7 +53,10 @@ class Stack:
         servers, clients = self._prepare()
         _check_ports_free(servers + clients)
         self._start_wave(servers)
-        self._initialise_services()
+        try:
+            self._initialise_services()
+        except Exception as error:  # Tiled's and Prefect's clients raise many types
+            raise StartupError(f"could not prepare Tiled and Prefect: {error}") from error
         self._start_wave(clients)
 
     def _start_wave(self, wave: list[Service]) -> None:

@@ -1,0 +1,104 @@
+"""Model choices and their hyperparameters, with the names and defaults DLSIA users know.
+
+The `name` field selects the model; the UI builds its form from these classes and the
+job validates against them, so both agree on what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+RandomForestFeature = Literal[
+    "gaussian",
+    "laplacian_of_gaussian",
+    "gradient_magnitude",
+    "difference_of_gaussians",
+    "structure_tensor_eigenvalues",
+    "hessian_eigenvalues",
+]
+RF_FEATURES: tuple[str, ...] = get_args(RandomForestFeature)
+ILASTIK_SCALES = (0.3, 0.7, 1.0, 1.6, 3.5, 5.0, 10.0)
+
+
+class _Parameters(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class NetworkParameters(_Parameters):
+    """Training settings shared by the convolutional networks."""
+
+    num_epochs: int = Field(default=30, ge=1, le=10_000)
+    optimizer: Literal["Adam", "AdamW", "SGD"] = "Adam"
+    criterion: Literal["CrossEntropyLoss"] = "CrossEntropyLoss"
+    weights: list[float] | None = Field(
+        default=None, description="Per-class loss weights; default: balanced from the labels."
+    )
+    learning_rate: float = Field(default=1e-3, gt=0, le=1)
+    activation: Literal["ReLU", "LeakyReLU", "GELU", "SiLU"] = "ReLU"
+    normalization: Literal["BatchNorm2d", "InstanceNorm2d", "GroupNorm", "none"] = "BatchNorm2d"
+    dropout: float = Field(default=0.0, ge=0, lt=1)
+    batch_size_train: int = Field(default=32, ge=1)
+    batch_size_val: int = Field(default=32, ge=1)
+    batch_size_inference: int = Field(default=8, ge=1, description="Whole slices per inference batch.")
+    val_pct: float = Field(default=0.2, ge=0, lt=1)
+    shuffle_train: bool = True
+    patch_size: int = Field(default=64, ge=16, le=1024, description="Training patch edge in pixels.")
+    patches_per_epoch: int = Field(default=512, ge=1)
+    early_stopping_patience: int = Field(
+        default=10, ge=1, description="Epochs without validation improvement before stopping."
+    )
+    seed: int = 0
+
+
+class MSDNetParameters(NetworkParameters):
+    name: Literal["MSDNet"] = "MSDNet"
+    layer_width: int = Field(default=1, ge=1, le=64)
+    num_layers: int = Field(default=3, ge=1, le=500)
+    custom_dilation: bool = False
+    max_dilation: int = Field(default=5, ge=1, le=64)
+    dilation_array: list[int] = Field(default_factory=lambda: [1, 2, 4])
+
+    @model_validator(mode="after")
+    def _dilations_positive(self) -> MSDNetParameters:
+        if self.custom_dilation and (not self.dilation_array or min(self.dilation_array) < 1):
+            raise ValueError("dilation_array must hold positive integers when custom_dilation is set")
+        return self
+
+
+class TUNetParameters(NetworkParameters):
+    name: Literal["TUNet"] = "TUNet"
+    depth: int = Field(default=4, ge=1, le=8)
+    base_channels: int = Field(default=32, ge=1, le=512)
+    growth_rate: float = Field(default=2.0, gt=0, le=8)
+    hidden_rate: float = Field(default=1.0, gt=0, le=8)
+
+
+class TUNet3PlusParameters(TUNetParameters):
+    name: Literal["TUNet3+"] = "TUNet3+"
+    carryover_channels: int = Field(default=32, ge=1, le=512)
+
+
+class RandomForestParameters(_Parameters):
+    name: Literal["RandomForest"] = "RandomForest"
+    n_estimators: int = Field(default=50, ge=1, le=2000)
+    max_depth: int | None = Field(default=8, ge=1)
+    scales: list[float] = Field(default_factory=lambda: list(ILASTIK_SCALES))
+    features: list[RandomForestFeature] = Field(default_factory=lambda: list(RF_FEATURES))
+    max_training_pixels: int = Field(
+        default=500_000, ge=100, description="Labelled pixels drawn (class-balanced) for fitting."
+    )
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _scales_positive(self) -> RandomForestParameters:
+        if not self.scales or min(self.scales) <= 0:
+            raise ValueError("scales must be a non-empty list of positive numbers")
+        return self
+
+
+ModelParameters = Annotated[
+    MSDNetParameters | TUNetParameters | TUNet3PlusParameters | RandomForestParameters,
+    Field(discriminator="name"),
+]

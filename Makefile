@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_PACKAGES := activemq default-jre-headless python3-venv
 # uv does not read pip's config: hand it pip's local wheel folder (e.g. a CPU-only torch).
-export UV_FIND_LINKS ?= $(PIP_FIND_LINKS)
+export UV_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 
 .PHONY: run test test-quick setup system-deps clean-state
 
@@ -32,7 +32,7 @@ system-deps:
 $(BIN)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q uv
-	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[test]"
+	$(BIN)/uv pip install -q --python $(BIN)/python -e ".[segmentation,test]"
 	touch $@
 
 # Removes catalogs, broker store, logs and generated secrets of the local stack.

@@ -55,42 +55,26 @@ def _build_parser() -> argparse.ArgumentParser:
     common.add_argument("--data-dir", type=Path, help="shortcut for --data_dir")
     commands = parser.add_subparsers(title="commands", required=True, metavar="COMMAND")
 
-    up = commands.add_parser(
-        "up", parents=[common], allow_abbrev=False,
-        help="start the whole stack on this machine and keep it running until Ctrl-C",
-    )
+    def add_command(name: str, handler: Callable, help: str) -> argparse.ArgumentParser:
+        command = commands.add_parser(name, parents=[common], allow_abbrev=False, help=help)
+        command.set_defaults(command=handler)
+        return command
+
+    up = add_command("up", _up, "start the whole stack on this machine and keep it running until Ctrl-C")
     up.add_argument("--broker-url", help="use this broker (stomp://host:port) instead of starting one")
-    up.set_defaults(command=_up)
 
-    status = commands.add_parser(
-        "status", parents=[common], allow_abbrev=False,
-        help="report each service's health; exit 1 if any is down",
-    )
-    status.set_defaults(command=_status)
+    add_command("status", _status, "report each service's health; exit 1 if any is down")
+    add_command("ingester", _ingester, "listen on the broker and register announced reconstructions in Tiled")
 
-    ingester = commands.add_parser(
-        "ingester", parents=[common], allow_abbrev=False,
-        help="listen on the broker and register announced reconstructions in Tiled",
-    )
-    ingester.set_defaults(command=_ingester)
-
-    ingest = commands.add_parser(
-        "ingest", parents=[common], allow_abbrev=False,
-        help="register one reconstruction file or folder by hand, as if announced",
-    )
+    ingest = add_command("ingest", _ingest, "register one reconstruction file or folder by hand, as if announced")
     ingest.add_argument("path", help="the file (NeXus/HDF5, Zarr, TIFF) or TIFF stack folder")
-    ingest.set_defaults(command=_ingest)
 
-    simulate = commands.add_parser(
-        "simulate-scan", parents=[common], allow_abbrev=False,
-        help="write a synthetic reconstruction under the recons root and announce it, "
-        "as a reconstruction program would",
+    simulate = add_command(
+        "simulate-scan", _simulate_scan,
+        "write a synthetic reconstruction under the recons root and announce it, as a reconstruction program would",
     )
     simulate.add_argument("--name", required=True, help="scan name (letters, digits, - _ .)")
-    simulate.add_argument(
-        "--size", type=_shape, default=(128, 128, 128),
-        help="N for N^3, or Z,Y,X (default 128)",
-    )
+    simulate.add_argument("--size", type=_shape, default=(128, 128, 128), help="N for N^3, or Z,Y,X (default 128)")
     simulate.add_argument("--format", default="savu", help="savu (default), nxtomo, hdf5, zarr2, zarr3, tiff-stack, tiff-multipage")
     simulate.add_argument("--dtype", default="float32", choices=["float32", "uint16", "uint8"])
     simulate.add_argument("--seed", type=int, default=0)
@@ -99,15 +83,10 @@ def _build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--overwrite", action="store_true", help="replace a scan of the same name")
     simulate.add_argument("--no-announce", action="store_true", help="write the files only")
     simulate.add_argument("--wait", type=float, default=30.0, help="seconds to wait until Tiled serves it (0: do not wait)")
-    simulate.set_defaults(command=_simulate_scan)
 
-    generate = commands.add_parser(
-        "generate-config", parents=[common], allow_abbrev=False,
-        help="write the resolved settings (without secrets) to a YAML file",
-    )
+    generate = add_command("generate-config", _generate_config, "write the resolved settings (without secrets) to a YAML file")
     generate.add_argument("--path", type=Path, required=True, help="file to write")
     generate.add_argument("--force", action="store_true", help="overwrite without asking")
-    generate.set_defaults(command=_generate_config)
     return parser
 
 

@@ -211,13 +211,23 @@ def write_nxtomoproc(
         for index, (axis, size) in enumerate(zip("zyx", source.shape)):
             data_group.attrs[f"{axis}_indices"] = index
             data_group.create_dataset(axis, data=np.arange(size)).attrs["units"] = "pixel"
-        volume = data_group.create_dataset(
-            "data", shape=source.shape, dtype=source.dtype, chunks=plane_chunks(source.shape)
-        )
+        volume = _write_dataset(data_group, "data", source, plane_chunks(source.shape), slab_depth)
         volume.attrs["units"] = "a.u."
-        for z_start, slab in stream_slabs(source, slab_depth or default_slab_depth(source)):
-            volume[z_start : z_start + len(slab)] = slab
     return path
+
+
+def _write_dataset(
+    group: h5py.Group,
+    name: str,
+    source: VolumeSource,
+    chunks: tuple[int, int, int],
+    slab_depth: int | None,
+) -> h5py.Dataset:
+    """Create the (z, y, x) dataset and fill it slab by slab."""
+    volume = group.create_dataset(name, shape=source.shape, dtype=source.dtype, chunks=chunks)
+    for z_start, slab in stream_slabs(source, slab_depth or default_slab_depth(source)):
+        volume[z_start : z_start + len(slab)] = slab
+    return volume
 
 
 def write_hdf5(
@@ -231,12 +241,8 @@ def write_hdf5(
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     with h5py.File(path, "w") as file:
-        volume = file.create_dataset(
-            dataset, shape=source.shape, dtype=source.dtype, chunks=plane_chunks(source.shape)
-        )
+        volume = _write_dataset(file, dataset, source, plane_chunks(source.shape), slab_depth)
         volume.attrs.update(source_attributes(source.description))
-        for z_start, slab in stream_slabs(source, slab_depth or default_slab_depth(source)):
-            volume[z_start : z_start + len(slab)] = slab
     return path
 
 
@@ -350,14 +356,8 @@ def write_savu_processed(
         group = _nx_group(file, SAVU_PLUGIN, "NXdata")
         group.attrs["signal"] = "data"
         # Chunk rows match the TiffSaver's y-blocks, so each block reads every chunk once.
-        volume = group.create_dataset(
-            "data",
-            shape=source.shape,
-            dtype=source.dtype,
-            chunks=(1, min(rows_per_block, _MAX_CHUNK_EDGE), min(nx, _MAX_CHUNK_EDGE)),
-        )
-        for z_start, slab in stream_slabs(source, slab_depth or default_slab_depth(source)):
-            volume[z_start : z_start + len(slab)] = slab
+        chunks = (1, min(rows_per_block, _MAX_CHUNK_EDGE), min(nx, _MAX_CHUNK_EDGE))
+        _write_dataset(group, "data", source, chunks, slab_depth)
 
     nexus_path = scan_dir / f"{scan_name}_processed.nxs"
     with h5py.File(nexus_path, "w") as file:

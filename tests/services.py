@@ -1,13 +1,17 @@
-"""Individual real services for tests that stop and restart them one at a time.
+"""Real services for tests: the whole stack as `mlex-tomo up` runs it, or single services.
 
-Built from the same service definitions `mlex-tomo up` uses, so the broker and Tiled
-under test are configured exactly as in production.
+Single services are built from the same definitions `mlex-tomo up` uses, so the broker
+and Tiled under test are configured exactly as in production, and a test can stop and
+restart each one.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import secrets
+import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -15,9 +19,12 @@ import time
 import uuid
 from pathlib import Path
 
+import psutil
+import pytest
 import stomp
 
-from mlex_tomo.settings import StackSettings, load_settings, secrets_as_environment
+from mlex_tomo.settings import StackSettings, load_settings, parse_dotted_overrides, secrets_as_environment
+from mlex_tomo.stack.health import ingester_health
 from mlex_tomo.stack.processes import ManagedProcess
 from mlex_tomo.stack.services import (
     Service,
@@ -27,9 +34,92 @@ from mlex_tomo.stack.services import (
     write_child_settings,
 )
 from mlex_tomo.tiled_layout import connect, ensure_containers
-from tests.conftest import clean_environment, free_ports
 
 HEALTH_TIMEOUT_SECONDS = 120
+STARTUP_SECONDS = 300
+READY_LINE = "mlex-tomo is up:"
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = []
+    for _ in range(count):
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        sockets.append(probe)
+    ports = [probe.getsockname()[1] for probe in sockets]
+    for probe in sockets:
+        probe.close()
+    return ports
+
+
+def clean_environment() -> dict[str, str]:
+    """The test's own settings must not leak in from the developer's shell."""
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("MLEX_TOMO_", "PREFECT_", "TILED_"))
+    }
+
+
+class RunningStack:
+    """`mlex-tomo up` as a user runs it, in the background, on free ports."""
+
+    def __init__(self, data_dir: Path) -> None:
+        tiled, prefect, stomp, openwire = free_ports(4)
+        self.arguments = [
+            "--data-dir", str(data_dir),
+            "--tiled.port", str(tiled),
+            "--prefect.port", str(prefect),
+            "--broker.stomp_port", str(stomp),
+            "--broker.openwire_port", str(openwire),
+        ]
+        self.data_dir = data_dir
+        self.output: list[str] = []
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def settings(self) -> StackSettings:
+        """Read fresh each time: the Tiled key file appears once the stack has started."""
+        overrides = parse_dotted_overrides(self.arguments[2:])
+        overrides["data_dir"] = str(self.data_dir)
+        return load_settings(overrides=overrides, environ={})
+
+    def cli(self, *command: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            [sys.executable, "-m", "mlex_tomo.cli", *command, *self.arguments],
+            env=clean_environment(), capture_output=True, text=True, timeout=timeout,
+        )
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "mlex_tomo.cli", "up", *self.arguments],
+            env=clean_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        )
+        ready = threading.Event()
+
+        def collect() -> None:
+            for line in self.process.stdout:
+                self.output.append(line)
+                if line.startswith(READY_LINE):
+                    ready.set()
+
+        threading.Thread(target=collect, daemon=True).start()
+        deadline = time.monotonic() + STARTUP_SECONDS
+        while not ready.wait(0.5):
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                pytest.fail("mlex-tomo up did not become ready:\n" + "".join(self.output))
+
+    def descendants(self) -> list[psutil.Process]:
+        try:
+            return psutil.Process(self.process.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 60) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
 
 
 class Services:
@@ -87,7 +177,7 @@ class Services:
             return Service(
                 name="ingester",
                 command=[sys.executable, "-m", "mlex_tomo.cli", "ingester", "--config", str(child_settings_path(self.settings))],
-                probe=_ingester_connected,
+                probe=ingester_health,
                 env={**clean_environment(), **secrets_as_environment(self.settings)},
             )
         raise ValueError(name)
@@ -105,12 +195,6 @@ class Services:
             env={**clean_environment(), **secrets_as_environment(self.settings)},
             capture_output=True, text=True, timeout=120,
         )
-
-
-def _ingester_connected(settings: StackSettings):
-    from mlex_tomo.stack.health import ingester_health
-
-    return ingester_health(settings)
 
 
 class Broker:

@@ -16,7 +16,7 @@ from tiled.client import from_uri
 
 from mlex_tomo.settings import load_settings
 from mlex_tomo.stack.services import embedded_services
-from tests.conftest import RunningStack
+from tests.services import RunningStack
 
 pytestmark = pytest.mark.stack
 

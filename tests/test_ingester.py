@@ -20,11 +20,13 @@ SMALL = PhantomSpec(shape=(24, 32, 32), seed=3)
 @pytest.fixture(scope="module")
 def services(tmp_path_factory):
     running = Services(tmp_path_factory.mktemp("ingest"))
-    running.start("broker")
-    running.start("tiled")
-    running.start("ingester")
-    yield running
-    running.stop_all()
+    try:
+        running.start("broker")
+        running.start("tiled")
+        running.start("ingester")
+        yield running
+    finally:
+        running.stop_all()
 
 
 @pytest.fixture(scope="module")

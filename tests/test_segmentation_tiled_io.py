@@ -17,15 +17,17 @@ CLASSES = {"0": {"label": "void", "color": "#000000"}, "1": {"label": "matrix", 
 @pytest.fixture(scope="module")
 def tiled(tmp_path_factory):
     services = Services(tmp_path_factory.mktemp("job-io"))
-    services.start("tiled")
-    writer = services.tiled(writable=True)
-    scan = writer["recons"].create_container("scan")
-    scan.write_array(VOLUME, key="data")
-    other = writer["recons"].create_container("other-name")
-    other.write_array(VOLUME, key="volume")
-    writer["recons"].write_array(VOLUME, key="bare")
-    yield services
-    services.stop_all()
+    try:
+        services.start("tiled")
+        writer = services.tiled(writable=True)
+        scan = writer["recons"].create_container("scan")
+        scan.write_array(VOLUME, key="data")
+        other = writer["recons"].create_container("other-name")
+        other.write_array(VOLUME, key="volume")
+        writer["recons"].write_array(VOLUME, key="bare")
+        yield services
+    finally:
+        services.stop_all()
 
 
 @pytest.fixture

@@ -27,9 +27,11 @@ SERVICES = ("broker", "tiled", "prefect", "worker", "ingester")
 def own_stack(tmp_path_factory) -> RunningStack:
     """A stack of this module's own, because the last test here shuts it down."""
     running = RunningStack(tmp_path_factory.mktemp("up"))
-    running.start()
-    yield running
-    running.stop()
+    try:
+        running.start()
+        yield running
+    finally:
+        running.stop()
 
 
 def test_status_reports_every_service_healthy(own_stack):

@@ -1,0 +1,336 @@
+"""Training a network on sparse labels: scribbles on a few slices of a volume.
+
+Labels are a few strokes on one to a few percent of the slices, so everything here works
+on labelled pixels rather than on slices: validation holds out a random share of the
+labelled pixels of every class, and training patches are drawn around labelled pixels
+only. Unlabelled pixels (-1) carry no loss.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from os import PathLike
+from typing import Annotated, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from numpy.typing import NDArray
+from pydantic import Field, TypeAdapter
+from torch import nn
+
+from segmentation.metrics import confusion_matrix, iou_from_confusion
+from segmentation.models import (
+    MSDNetParameters,
+    NetworkParameters,
+    TUNet3PlusParameters,
+    TUNetParameters,
+)
+from segmentation.networks import build_network, mixed_precision
+
+UNLABELLED = -1
+FILE_FORMAT = 1  # bumped when the saved dictionary changes meaning
+SGD_MOMENTUM = 0.9  # plain SGD at Adam-sized learning rates would hardly move
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+_NETWORK_PARAMETERS: TypeAdapter[NetworkParameters] = TypeAdapter(
+    Annotated[
+        MSDNetParameters | TUNetParameters | TUNet3PlusParameters, Field(discriminator="name")
+    ]
+)
+
+
+@dataclass
+class TrainedNetwork:
+    """A trained module with everything inference needs to use it as it was trained."""
+
+    module: nn.Module
+    parameters: NetworkParameters
+    num_classes: int
+    normalization: tuple[float, float]  # (low, high) intensities mapped to 0 and 1
+    best_validation_score: float | None
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def save(self, path: str | PathLike[str]) -> None:
+        """One file of plain types and tensors, loadable with torch's safe `weights_only` unpickler."""
+        low, high = self.normalization
+        torch.save(
+            {
+                "format": FILE_FORMAT,
+                "parameters": self.parameters.model_dump_json(),
+                "num_classes": self.num_classes,
+                "normalization": [float(low), float(high)],
+                "best_validation_score": self.best_validation_score,
+                "history": self.history,
+                "state_dict": {
+                    name: tensor.detach().cpu() for name, tensor in self.module.state_dict().items()
+                },
+            },
+            path,
+        )
+
+    @classmethod
+    def load(cls, path: str | PathLike[str], device: torch.device | str = "cpu") -> TrainedNetwork:
+        saved = torch.load(path, map_location=device, weights_only=True)
+        if saved.get("format") != FILE_FORMAT:
+            raise ValueError(f"{path} is not a network file of format {FILE_FORMAT}")
+        parameters = _NETWORK_PARAMETERS.validate_json(saved["parameters"])
+        module = build_network(parameters, num_classes=saved["num_classes"])
+        module.load_state_dict(saved["state_dict"])
+        module.to(device).eval()
+        low, high = saved["normalization"]
+        return cls(
+            module=module,
+            parameters=parameters,
+            num_classes=saved["num_classes"],
+            normalization=(low, high),
+            best_validation_score=saved["best_validation_score"],
+            history=saved["history"],
+        )
+
+
+def train_network(
+    slices: NDArray[np.float32],
+    masks: NDArray[np.int8],
+    parameters: NetworkParameters,
+    num_classes: int,
+    device: torch.device | str,
+    progress: ProgressCallback | None = None,
+    *,
+    normalization: tuple[float, float] = (0.0, 1.0),
+) -> TrainedNetwork:
+    """Train on the labelled slices (n, y, x), already normalised, and their masks (-1 = unlabelled).
+
+    `normalization` is the (low, high) the slices were normalised with; it travels with
+    the network so inference maps new slices identically. Deterministic for a given
+    `parameters.seed` on CPU; the global torch random state is left as it was.
+    """
+    slices = np.ascontiguousarray(slices, dtype=np.float32)
+    masks = np.ascontiguousarray(masks, dtype=np.int8)
+    _check_training_data(slices, masks, num_classes)
+    device = torch.device(device)
+    rng = np.random.default_rng(parameters.seed)
+    training_targets, validation_targets = split_labelled_pixels(masks, parameters.val_pct, rng)
+    weights = class_weights(training_targets, num_classes, parameters.weights)
+    sampler = PatchSampler(slices, training_targets, parameters.patch_size, rng)
+    steps_per_epoch = math.ceil(parameters.patches_per_epoch / parameters.batch_size_train)
+    validated = np.flatnonzero((validation_targets != UNLABELLED).any(axis=(1, 2)))
+    validation_slices, validation_targets = slices[validated], validation_targets[validated]
+
+    cuda_devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=cuda_devices):
+        torch.manual_seed(parameters.seed)
+        module = build_network(parameters, num_classes=num_classes).to(device)
+        optimizer = _optimizer(module, parameters)
+        loss_function = nn.CrossEntropyLoss(
+            weight=torch.as_tensor(weights, device=device), ignore_index=UNLABELLED
+        )
+        history: list[dict[str, Any]] = []
+        best_rank: tuple[float, float] | None = None
+        best_state: dict[str, torch.Tensor] | None = None
+        epochs_without_improvement = 0
+        for epoch in range(1, parameters.num_epochs + 1):
+            started = time.perf_counter()
+            module.train()
+            loss_sum = torch.zeros((), device=device)
+            for _ in range(steps_per_epoch):
+                images, targets = sampler.draw(parameters.batch_size_train)
+                with mixed_precision(device):
+                    logits = module(torch.from_numpy(images[:, None]).to(device))
+                loss = loss_function(logits.float(), torch.from_numpy(targets).to(device))
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+                loss_sum += loss.detach()
+            record: dict[str, Any] = {"epoch": epoch, "loss": loss_sum.item() / steps_per_epoch}
+            if validated.size:
+                score, validation_loss = _validate(
+                    module,
+                    validation_slices,
+                    validation_targets,
+                    num_classes,
+                    parameters.batch_size_inference,
+                    device,
+                )
+                record.update(val_score=score, val_loss=validation_loss)
+                # Scores on few pixels saturate; the validation loss breaks ties.
+                rank = (score, -validation_loss)
+                if best_rank is None or rank > best_rank:
+                    best_rank, epochs_without_improvement = rank, 0
+                    best_state = {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+                else:
+                    epochs_without_improvement += 1
+            else:
+                record.update(val_score=None, val_loss=None)
+            record["seconds"] = time.perf_counter() - started
+            history.append(record)
+            if progress is not None:
+                progress(
+                    {
+                        "event": "epoch",
+                        "epoch": epoch,
+                        "of": parameters.num_epochs,
+                        "loss": record["loss"],
+                        "val_score": record["val_score"],
+                        "seconds": record["seconds"],
+                    }
+                )
+            if epochs_without_improvement >= parameters.early_stopping_patience:
+                break
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    module.eval()
+    return TrainedNetwork(
+        module=module,
+        parameters=parameters,
+        num_classes=num_classes,
+        normalization=normalization,
+        best_validation_score=None if best_rank is None else best_rank[0],
+        history=history,
+    )
+
+
+def split_labelled_pixels(
+    masks: NDArray[np.int8], validation_fraction: float, rng: np.random.Generator
+) -> tuple[NDArray[np.int8], NDArray[np.int8]]:
+    """(training, validation) masks that share out the labelled pixels of every class.
+
+    Scribbles cover too few slices to hold any out, so a random `validation_fraction` of
+    each class's labelled pixels is held out instead, keeping at least one for training.
+    Held-out pixels neighbour training ones, so the score is optimistic: it serves early
+    stopping, not accuracy claims.
+    """
+    training = np.ascontiguousarray(masks, dtype=np.int8).copy()
+    validation = np.full_like(training, UNLABELLED)
+    flat_training, flat_validation = training.reshape(-1), validation.reshape(-1)
+    for label in np.unique(training[training != UNLABELLED]):
+        positions = np.flatnonzero(flat_training == label)
+        held_out_count = min(round(validation_fraction * positions.size), positions.size - 1)
+        held_out = rng.choice(positions, held_out_count, replace=False)
+        flat_validation[held_out] = label
+        flat_training[held_out] = UNLABELLED
+    return training, validation
+
+
+def class_weights(
+    targets: NDArray[np.int8], num_classes: int, given: list[float] | None = None
+) -> NDArray[np.float32]:
+    """The given weights, or weights that give every labelled class the same total say in the loss."""
+    if given is not None:
+        if len(given) != num_classes:
+            raise ValueError(f"{len(given)} class weights given for {num_classes} classes")
+        return np.asarray(given, dtype=np.float32)
+    counts = np.bincount(targets[targets != UNLABELLED].astype(np.int64), minlength=num_classes)
+    present = counts > 0
+    weights = np.zeros(num_classes, np.float32)
+    weights[present] = counts.sum() / (present.sum() * counts[present])
+    return weights
+
+
+class PatchSampler:
+    """Random training patches, each containing at least one labelled pixel, randomly flipped and rotated.
+
+    A patch is placed around an anchor pixel drawn class by class, so rare classes are
+    seen as often as common ones. Slices smaller than the patch are used whole.
+    """
+
+    def __init__(
+        self,
+        slices: NDArray[np.float32],
+        targets: NDArray[np.int8],
+        patch_size: int,
+        rng: np.random.Generator,
+        augment: bool = True,
+    ) -> None:
+        if slices.shape != targets.shape:
+            raise ValueError(f"slices {slices.shape} and targets {targets.shape} differ in shape")
+        self.slices, self.targets, self.rng, self.augment = slices, targets, rng, augment
+        _, height, width = slices.shape
+        self.patch_shape = (min(patch_size, height), min(patch_size, width))
+        flat_targets = targets.reshape(-1)
+        self.anchors = [
+            np.flatnonzero(flat_targets == label)
+            for label in np.unique(targets[targets != UNLABELLED])
+        ]
+        if not self.anchors:
+            raise ValueError("no labelled pixels to draw patches around")
+
+    def draw(self, count: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
+        """`count` patches of images (count, h, w) and their int64 targets."""
+        patch_height, patch_width = self.patch_shape
+        _, height, width = self.slices.shape
+        images = np.empty((count, patch_height, patch_width), np.float32)
+        targets = np.empty((count, patch_height, patch_width), np.int64)
+        for index, label_index in enumerate(self.rng.integers(len(self.anchors), size=count)):
+            anchors = self.anchors[label_index]
+            anchor = anchors[self.rng.integers(anchors.size)]
+            slice_index, y, x = np.unravel_index(anchor, self.targets.shape)
+            top = int(np.clip(y - self.rng.integers(patch_height), 0, height - patch_height))
+            left = int(np.clip(x - self.rng.integers(patch_width), 0, width - patch_width))
+            window = (slice_index, slice(top, top + patch_height), slice(left, left + patch_width))
+            image, target = self.slices[window], self.targets[window]
+            if self.augment:
+                image, target = self._reorient(image, target)
+            images[index], targets[index] = image, target
+        return images, targets
+
+    def _reorient(
+        self, image: NDArray[np.float32], target: NDArray[np.int8]
+    ) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
+        """One of the eight flips and right-angle rotations; odd rotations only for square patches."""
+        for axis in (0, 1):
+            if self.rng.random() < 0.5:
+                image, target = np.flip(image, axis), np.flip(target, axis)
+        turns = int(self.rng.integers(4)) if image.shape[0] == image.shape[1] else 0
+        return np.rot90(image, turns), np.rot90(target, turns)
+
+
+def _validate(
+    module: nn.Module,
+    slices: NDArray[np.float32],
+    targets: NDArray[np.int8],
+    num_classes: int,
+    batch_size: int,
+    device: torch.device,
+) -> tuple[float, float]:
+    """(mean IoU, mean cross-entropy) over the validation pixels, predicting whole slices."""
+    module.eval()
+    confusion = np.zeros((num_classes, num_classes), np.int64)
+    loss_sum, pixel_count = 0.0, 0
+    with torch.inference_mode():
+        for start in range(0, len(slices), batch_size):
+            images = torch.from_numpy(slices[start : start + batch_size, None]).to(device)
+            batch_targets = torch.from_numpy(targets[start : start + batch_size].astype(np.int64)).to(device)
+            with mixed_precision(device):
+                logits = module(images)
+            labelled = batch_targets != UNLABELLED
+            pixel_logits = logits.float().permute(0, 2, 3, 1)[labelled]
+            pixel_targets = batch_targets[labelled]
+            loss_sum += F.cross_entropy(pixel_logits, pixel_targets, reduction="sum").item()
+            pixel_count += pixel_targets.numel()
+            confusion += confusion_matrix(
+                pixel_logits.argmax(1).cpu().numpy(), pixel_targets.cpu().numpy(), num_classes
+            )
+    return iou_from_confusion(confusion)[0], loss_sum / pixel_count
+
+
+def _optimizer(module: nn.Module, parameters: NetworkParameters) -> torch.optim.Optimizer:
+    if parameters.optimizer == "SGD":
+        return torch.optim.SGD(module.parameters(), lr=parameters.learning_rate, momentum=SGD_MOMENTUM)
+    if parameters.optimizer == "AdamW":
+        return torch.optim.AdamW(module.parameters(), lr=parameters.learning_rate)
+    return torch.optim.Adam(module.parameters(), lr=parameters.learning_rate)
+
+
+def _check_training_data(slices: NDArray[np.float32], masks: NDArray[np.int8], num_classes: int) -> None:
+    if slices.ndim != 3 or slices.shape != masks.shape:
+        raise ValueError(f"slices and masks must be (n, y, x) of one shape, got {slices.shape} and {masks.shape}")
+    if num_classes < 2:
+        raise ValueError(f"need at least two classes, got {num_classes}")
+    if masks.min() < UNLABELLED or masks.max() >= num_classes:
+        raise ValueError(f"mask values must lie in -1..{num_classes - 1}")
+    if masks.max() == UNLABELLED:
+        raise ValueError("the masks hold no labelled pixels")

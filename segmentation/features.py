@@ -238,7 +238,7 @@ def _numpy_features(
                 planes[channel_index] = channel
             out[index] = np.moveaxis(planes, 0, -1)
 
-    # scipy.ndimage releases the GIL while filtering, so threads use every core.
+    # scipy.ndimage and numpy release the GIL on whole arrays, so threads use every core.
     workers = max(1, min(worker_count(), len(slices)))
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(fill, [range(first, len(slices), workers) for first in range(workers)]))
@@ -254,13 +254,13 @@ def _correlate_columns(image: NDArray[np.float32], kernel: NDArray[np.float32]) 
     radius = len(kernel) // 2
     height = image.shape[-2]
     padded = np.take(image, _mirror_indices(height, radius), axis=-2)
-    sign = 1.0 if kernel[radius + 1] == kernel[radius - 1] else -1.0
+    symmetric = kernel[radius + 1] == kernel[radius - 1]
     result = padded[..., radius : radius + height, :] * kernel[radius]
     pair = np.empty_like(result)
     for offset in range(1, radius + 1):
         below = padded[..., radius + offset : radius + offset + height, :]
         above = padded[..., radius - offset : radius - offset + height, :]
-        if sign > 0:
+        if symmetric:
             np.add(below, above, out=pair)
         else:
             np.subtract(below, above, out=pair)

@@ -115,7 +115,10 @@ def segment_with_tiles(
         for first in range(0, len(origins), tiles_per_batch):
             batch = origins[first : first + tiles_per_batch]
             tiles = torch.stack(
-                [images[index, :, top : top + tile_height, left : left + tile_width] for index, top, left in batch]
+                [
+                    images[index, :, top : top + tile_height, left : left + tile_width]
+                    for index, top, left in batch
+                ]
             )
             with mixed_precision(device):
                 probabilities = torch.softmax(module(tiles).float(), dim=1)

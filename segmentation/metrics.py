@@ -29,7 +29,10 @@ def confusion_matrix(
 
 
 def iou_from_confusion(confusion: NDArray[np.integer]) -> tuple[float, list[float]]:
-    """(mean, per-class) intersection over union; a class absent from both truth and prediction is NaN and left out of the mean."""
+    """(mean, per-class) intersection over union.
+
+    A class absent from both truth and prediction has no defined IoU: NaN, left out of the mean.
+    """
     confusion = np.asarray(confusion, dtype=np.float64)
     intersection = np.diag(confusion)
     union = confusion.sum(axis=0) + confusion.sum(axis=1) - intersection

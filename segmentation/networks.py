@@ -11,9 +11,8 @@ patches and whole slices of any size go through the same module.
 
 from __future__ import annotations
 
-import contextlib
 from collections.abc import Callable
-from typing import ContextManager
+from contextlib import AbstractContextManager, nullcontext
 
 import torch
 import torch.nn.functional as F
@@ -26,9 +25,8 @@ from segmentation.models import (
     TUNetParameters,
 )
 
-# Wu & He's GroupNorm uses 32 groups; narrow layers get at least this many channels per group.
-MAX_GROUPS = 32
-MIN_CHANNELS_PER_GROUP = 4
+MAX_GROUPS = 32  # Wu & He's choice for GroupNorm
+MIN_CHANNELS_PER_GROUP = 4  # below this a group is nearly instance norm, noisy on small patches
 
 _ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
     "ReLU": nn.ReLU,
@@ -90,11 +88,11 @@ def group_count(channels: int) -> int:
     return next(groups for groups in range(target, 0, -1) if channels % groups == 0)
 
 
-def mixed_precision(device: torch.device) -> ContextManager[object]:
+def mixed_precision(device: torch.device) -> AbstractContextManager[object]:
     """bf16 autocast on CUDA, where it halves memory and time; CPU keeps float32 for reproducibility."""
     if device.type == "cuda":
         return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
-    return contextlib.nullcontext()
+    return nullcontext()
 
 
 class _LayerFactory:

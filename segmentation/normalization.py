@@ -58,7 +58,8 @@ def robust_range(
     rng = np.random.default_rng(seed)
     chosen = np.arange(num_slices)
     if num_slices > sample_slices:
-        chosen = np.sort(rng.choice(num_slices, sample_slices, replace=False))  # in order: kinder to chunked files
+        # Read in order, which is kinder to chunked and compressed files.
+        chosen = np.sort(rng.choice(num_slices, sample_slices, replace=False))
     pixels_per_slice = max(1, sample_pixels // len(chosen))
     samples = []
     for z in chosen:

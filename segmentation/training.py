@@ -160,7 +160,9 @@ def train_network(
                 rank = (score, -validation_loss)
                 if best_rank is None or rank > best_rank:
                     best_rank, epochs_without_improvement = rank, 0
-                    best_state = {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+                    best_state = {
+                        name: tensor.detach().clone() for name, tensor in module.state_dict().items()
+                    }
                 else:
                     epochs_without_improvement += 1
             else:
@@ -327,7 +329,9 @@ def _optimizer(module: nn.Module, parameters: NetworkParameters) -> torch.optim.
 
 def _check_training_data(slices: NDArray[np.float32], masks: NDArray[np.int8], num_classes: int) -> None:
     if slices.ndim != 3 or slices.shape != masks.shape:
-        raise ValueError(f"slices and masks must be (n, y, x) of one shape, got {slices.shape} and {masks.shape}")
+        raise ValueError(
+            f"slices and masks must be (n, y, x) of one shape, got {slices.shape} and {masks.shape}"
+        )
     if num_classes < 2:
         raise ValueError(f"need at least two classes, got {num_classes}")
     if masks.min() < UNLABELLED or masks.max() >= num_classes:

@@ -134,7 +134,9 @@ def test_carryover_channels_set_the_width_of_every_decoder_level() -> None:
 def test_normalization_and_activation_follow_the_parameters(
     name: str, normalization: str, layer_type: type[nn.Module]
 ) -> None:
-    parameters = SMALL_NETWORKS[name].model_copy(update={"normalization": normalization, "activation": "SiLU"})
+    parameters = SMALL_NETWORKS[name].model_copy(
+        update={"normalization": normalization, "activation": "SiLU"}
+    )
     modules = list(built(parameters).modules())
     assert any(isinstance(module, layer_type) for module in modules)
     assert any(isinstance(module, nn.SiLU) for module in modules)
@@ -148,7 +150,9 @@ def test_no_normalization_leaves_no_normalization_layers(name: str) -> None:
     assert not any(isinstance(module, norm_types) for module in built(parameters).modules())
 
 
-@pytest.mark.parametrize("channels, groups", [(1, 1), (3, 1), (8, 2), (12, 3), (32, 8), (36, 9), (512, 32), (7, 1)])
+@pytest.mark.parametrize(
+    "channels, groups", [(1, 1), (3, 1), (7, 1), (8, 2), (12, 3), (32, 8), (36, 9), (512, 32)]
+)
 def test_group_count_divides_the_channels_and_keeps_groups_of_several(channels: int, groups: int) -> None:
     assert group_count(channels) == groups
 

@@ -66,12 +66,16 @@ def percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
-def wait_readable(recons, key: str, timeout: float = 30.0) -> None:
-    """Poll every 5 ms; Tiled answers 500 for a few ms while it adds a node's data source."""
+def wait_readable(container, key: str, array_key: str = "data", timeout: float = 30.0) -> None:
+    """Poll every 5 ms; Tiled answers 500 for a few ms while it adds a node's data source.
+
+    The ingester serves a scan's volume as `data`; `tiled register` serves an HDF5 file
+    as a container of its datasets, here `volume`.
+    """
     deadline = time.monotonic() + timeout
     while True:
         try:
-            recons[key]["data"][0]
+            container[key][array_key][0]
             return
         except (KeyError, httpx.HTTPError):
             if time.monotonic() > deadline:
@@ -146,7 +150,7 @@ def main() -> None:
                 [sys.executable, "-m", "tiled", "register", settings.tiled.base_url, str(path), "--prefix", "/baseline"],
                 check=True, env=register_environment, capture_output=True,
             )
-            wait_readable_bare(writer["baseline"], path.stem)
+            wait_readable(writer["baseline"], path.stem, array_key="volume")
             baseline_latencies.append(time.perf_counter() - started)
         folder = root / "baseline-burst"
         write_scans(folder, "folder", arguments.burst)
@@ -169,19 +173,6 @@ def main() -> None:
     print(f"baseline `tiled register FILE`, command start -> readable, n={len(baseline_latencies)}:")
     print(f"  p50 {1000 * statistics.median(baseline_latencies):.0f} ms, p95 {1000 * percentile(baseline_latencies, 0.95):.0f} ms")
     print(f"baseline `tiled register FOLDER` of {registered} files: {baseline_burst_seconds:.1f} s = {registered / baseline_burst_seconds:.1f} files/s")
-
-
-def wait_readable_bare(container, key: str, timeout: float = 30.0) -> None:
-    """`tiled register` serves an HDF5 file as a container; read its dataset's first slice."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            container[key]["volume"][0]
-            return
-        except (KeyError, httpx.HTTPError):
-            if time.monotonic() > deadline:
-                raise TimeoutError(key) from None
-            time.sleep(0.005)
 
 
 if __name__ == "__main__":

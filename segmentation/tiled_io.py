@@ -131,10 +131,13 @@ class ResultWriter:
             else None
         )
 
-    def write(self, z_start: int, labels: np.ndarray, uncertainty: np.ndarray | None = None) -> None:
-        self.labels.patch(labels.astype(np.uint8, copy=False), offset=(z_start, 0, 0))
-        if self.uncertainty is not None and uncertainty is not None:
-            self.uncertainty.patch(uncertainty.astype(np.uint8, copy=False), offset=(z_start, 0, 0))
+    def write_labels(self, first_row: int, labels: np.ndarray) -> None:
+        self.labels.patch(labels.astype(np.uint8, copy=False), offset=(first_row, 0, 0))
+
+    def write_uncertainty(self, first_row: int, uncertainty: np.ndarray) -> None:
+        if self.uncertainty is None:
+            raise ValueError("this writer was created without an uncertainty map")
+        self.uncertainty.patch(uncertainty.astype(np.uint8, copy=False), offset=(first_row, 0, 0))
 
     def annotate(self, **metadata: Any) -> None:
         """Add what is only known at the end, such as metrics, to the job's metadata."""

@@ -100,7 +100,8 @@ def test_results_are_written_in_slabs_one_slice_per_chunk(tiled, api_key):
     uncertainty = np.random.default_rng(2).integers(0, 256, (12, 20, 24), dtype=np.uint8)
     writer = ResultWriter(results, "job-42", labels.shape, {"model": "TUNet", "job_id": "job-42"}, uncertainty=True)
     for z_start in range(0, 12, 5):
-        writer.write(z_start, labels[z_start : z_start + 5], uncertainty[z_start : z_start + 5])
+        writer.write_labels(z_start, labels[z_start : z_start + 5])
+        writer.write_uncertainty(z_start, uncertainty[z_start : z_start + 5])
     writer.annotate(mean_iou=0.9)
 
     stored = open_node(node_url(tiled, "results/job-42"))

@@ -31,12 +31,11 @@ from segmentation.training import (
     split_labelled_pixels,
     train_network,
 )
+from tests.scribbles import paint_scribbles
 
 PHANTOM = PhantomSpec(shape=(128, 128, 128), seed=11)
 LABELLED_SLICES = [40, 88]  # 1.6 % of the slices
 NUM_CLASSES = 3
-STROKES_PER_CLASS = 5
-STROKE_HALF_LENGTH = 8  # pixels: strokes are at most 17 pixels long and one wide
 CPU = torch.device("cpu")
 
 # GroupNorm, not DLSIA's default BatchNorm2d: trained on a few hundred scribbled pixels, a
@@ -74,27 +73,6 @@ MSDNET_FLOOR = 0.80
 Phantom = tuple[NDArray[np.float32], NDArray[np.uint8]]
 Scribbles = tuple[NDArray[np.float32], NDArray[np.int8], tuple[float, float]]  # slices, masks, range
 Trained = tuple[TrainedNetwork, list[dict], float]  # network, progress events, seconds
-
-
-def paint_scribbles(truth: NDArray[np.uint8], rng: np.random.Generator) -> NDArray[np.int8]:
-    """Short straight strokes inside each class's regions, spread over its separate regions.
-
-    Regions are eroded by a pixel first, as a person keeps clear of edges; strokes go to
-    distinct regions (pores, inclusions) before a region gets a second one.
-    """
-    mask = np.full(truth.shape, -1, np.int8)
-    for label in range(NUM_CLASSES):
-        regions, region_count = ndimage.label(ndimage.binary_erosion(truth == label))
-        for region in np.resize(rng.permutation(region_count) + 1, STROKES_PER_CLASS):
-            ys, xs = np.nonzero(regions == region)
-            start = rng.integers(ys.size)
-            angle = rng.uniform(0, np.pi)
-            for step in range(-STROKE_HALF_LENGTH, STROKE_HALF_LENGTH + 1):
-                y = round(ys[start] + step * np.sin(angle))
-                x = round(xs[start] + step * np.cos(angle))
-                if 0 <= y < truth.shape[0] and 0 <= x < truth.shape[1] and regions[y, x] == region:
-                    mask[y, x] = label
-    return mask
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Ingest latency and throughput, next to `tiled register` of the same files.
 
-    python benchmarks/ingest.py [--messages 200] [--burst 300]
+    python -m benchmarks.ingest [--messages 200] [--burst 300]
 
 Starts `mlex-tomo up` in a temporary data directory on free ports, then measures:
 - latency: one announcement at a time, from publishing the message to the node's

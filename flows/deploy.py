@@ -17,6 +17,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.utilities.callables import parameter_schema
 
 from flows.ping import ping
+from flows.segmentation import segmentation
 from mlex_tomo.settings import StackSettings
 
 
@@ -33,6 +34,11 @@ class DeploymentSpec:
 
 DEPLOYMENTS = (
     DeploymentSpec(ping, "ping", "Proves that a worker of the pool picks up and finishes runs."),
+    DeploymentSpec(
+        segmentation,
+        "segmentation",
+        "Train a segmentation model on sparse labels and segment the volume, by launching the segmentation job.",
+    ),
 )
 
 

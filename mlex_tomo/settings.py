@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Annotated, Any, Mapping
+from typing import Annotated, Any, Literal, Mapping
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
@@ -192,6 +192,48 @@ class IngesterSettings(Section):
     )
 
 
+class JobSettings(Section):
+    """How the worker launches segmentation jobs (`python -m segmentation params.yaml`)."""
+
+    launcher: Literal["process", "podman", "docker"] = Field(
+        default="process", description="Default launcher; a run may name another."
+    )
+    python: Path | None = Field(
+        default=None,
+        description="Python of the environment the process launcher runs jobs in; default: the worker's own.",
+    )
+    image: str = Field(
+        default="localhost/mlex-tomo-segmentation:latest",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$",
+        description="Image the podman and docker launchers run (built from segmentation/Containerfile).",
+    )
+    container_rootfs: Path | None = Field(
+        default=None,
+        description="podman only: run jobs in an overlay of this root file system (`--rootfs PATH:O`) "
+        "instead of the image, with `python` as the job's interpreter; for hosts that cannot pull images.",
+    )
+    container_network: str = Field(
+        default="host",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+        description="Container network; `host` lets jobs reach Tiled at the address the flow uses.",
+    )
+    gpus: Literal["auto", "all", "none"] = Field(
+        default="auto",
+        description="Give containers the node's GPUs: auto = when /dev/nvidia0 exists.",
+    )
+    cpus: float | None = Field(default=None, gt=0, description="Default CPU limit of a job container.")
+    memory_gib: float | None = Field(default=None, gt=0, description="Default memory limit of a job container.")
+    models_dir: Path | None = Field(
+        default=None, description="Where trained models are kept; default: data_dir/models. Share it between GPU nodes."
+    )
+    work_dir: Path | None = Field(
+        default=None, description="Parameters files of the jobs; default: data_dir/jobs."
+    )
+    stop_grace_seconds: float = Field(
+        default=3.0, gt=0, le=60, description="After SIGTERM, how long a cancelled job may take before it is killed."
+    )
+
+
 class StackSettings(BaseSettings):
     """Everything a part of mlex-tomo can be told; see docs/configuration.md."""
 
@@ -210,6 +252,7 @@ class StackSettings(BaseSettings):
     prefect: PrefectSettings = PrefectSettings()
     broker: BrokerSettings = BrokerSettings()
     ingester: IngesterSettings = IngesterSettings()
+    jobs: JobSettings = JobSettings()
 
     @classmethod
     def settings_customise_sources(
@@ -260,6 +303,14 @@ class StackSettings(BaseSettings):
     @property
     def tiled_api_key_path(self) -> Path:
         return self.data_path / "secrets" / "tiled_api_key"
+
+    @property
+    def models_path(self) -> Path:
+        return (self.jobs.models_dir or self.data_path / "models").expanduser().resolve()
+
+    @property
+    def jobs_path(self) -> Path:
+        return (self.jobs.work_dir or self.data_path / "jobs").expanduser().resolve()
 
 
 def load_settings(

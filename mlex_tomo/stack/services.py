@@ -8,7 +8,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlex_tomo.settings import StackSettings, secrets_as_environment, settings_as_yaml
+from mlex_tomo.settings import CONFIG_FILE_VARIABLE, StackSettings, secrets_as_environment, settings_as_yaml
 from mlex_tomo.stack import activemq
 from mlex_tomo.stack.health import (
     Health,
@@ -109,6 +109,9 @@ def worker_service(settings: StackSettings) -> Service:
         env={
             **prefect_client_environment(settings),
             "PREFECT_WORKER_QUERY_SECONDS": str(prefect.worker_query_seconds),
+            # Flow runs inherit these: the stack's settings, and its secrets by environment only.
+            CONFIG_FILE_VARIABLE: str(child_settings_path(settings)),
+            **secrets_as_environment(settings),
         },
     )
 

@@ -1,0 +1,232 @@
+"""The `segmentation` flow: train, then segment, by launching the segmentation job.
+
+The flow holds no science: each step writes a parameters file and runs
+`python -m segmentation` through a launcher (a process here, a podman or docker
+container on a GPU node), forwarding the job's progress to Prefect. The step that
+trains hands its job id to the step that infers, by name.
+
+Steps:
+- `train`: train on the mask, then segment the labelled slices (a check of the labels);
+- `infer`: segment the whole volume with the model of `trained_job_id`;
+- `train_and_infer`: both, the second using the first's model.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from prefect import flow, get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.artifacts import create_link_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
+from prefect.runtime import flow_run
+from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+
+from flows.job_runner import run_launched_job
+from flows.launchers import ContainerLauncher, JobResources, Launcher, LauncherName, ProcessLauncher, node_has_gpus
+from mlex_tomo.settings import StackSettings, load_settings
+from mlex_tomo.tiled_layout import RESULTS
+from segmentation.models import ModelParameters
+from segmentation.parameters import JOB_ID_PATTERN, Device, JobParameters
+
+JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$"
+PROGRESS_UPDATE_SECONDS = 1.0
+TRAINING_SHARE = 0.8  # of a train-and-segment job's progress bar
+
+
+class ResourceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cpus: float | None = Field(default=None, gt=0, le=1024, description="CPU limit of the job's container.")
+    memory_gib: float | None = Field(default=None, gt=0, le=4096, description="Memory limit of the job's container.")
+    gpus: Literal["auto", "all", "none"] | None = Field(
+        default=None, description="Give the container the node's GPUs; default: the worker's jobs.gpus."
+    )
+
+
+class SegmentationRequest(BaseModel):
+    """What the UI (or a script) asks for; everything else comes from the worker's settings."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: Literal["train", "infer", "train_and_infer"] = "train"
+    job_name: str = Field(default="segmentation", pattern=JOB_NAME_PATTERN, description="Prefix of the job ids.")
+    data_uri: AnyHttpUrl
+    mask_uri: AnyHttpUrl | None = None
+    model: ModelParameters | None = None
+    trained_job_id: str | None = Field(default=None, pattern=JOB_ID_PATTERN)
+    device: Device = "auto"
+    uncertainty: bool = False
+    launcher: LauncherName | None = Field(default=None, description="Default: the worker's jobs.launcher.")
+    resources: ResourceRequest = ResourceRequest()
+
+    @model_validator(mode="after")
+    def _steps_have_what_they_need(self) -> SegmentationRequest:
+        if self.steps == "infer":
+            if self.trained_job_id is None:
+                raise ValueError("steps 'infer' needs trained_job_id: the job whose model to use")
+            if self.model is not None:
+                raise ValueError("steps 'infer' takes its model from trained_job_id; remove 'model'")
+        else:
+            missing = [name for name in ("mask_uri", "model") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"steps {self.steps!r} needs {' and '.join(missing)}")
+            if self.trained_job_id is not None:
+                raise ValueError(f"trained_job_id is only for steps 'infer', not {self.steps!r}")
+        return self
+
+
+class StepOutcome(BaseModel):
+    job_id: str
+    result_uri: str | None
+    metrics: dict[str, Any] = {}
+
+
+class SegmentationFailed(RuntimeError):
+    """The job exited non-zero; the message carries its last words."""
+
+
+@flow(name="segmentation")
+def segmentation(request: SegmentationRequest) -> list[StepOutcome]:
+    run_id = str(flow_run.id or "local")[:8]
+    outcomes = []
+    if request.steps in ("train", "train_and_infer"):
+        outcomes.append(run_step(request, f"{request.job_name}-{run_id}-train", "train_infer", None))
+    if request.steps in ("infer", "train_and_infer"):
+        model_job = request.trained_job_id if request.steps == "infer" else outcomes[-1].job_id
+        outcomes.append(run_step(request, f"{request.job_name}-{run_id}-infer", "infer", model_job))
+    if outcomes[-1].result_uri:
+        create_link_artifact(
+            key="segmentation-result",
+            link=outcomes[-1].result_uri,
+            link_text=outcomes[-1].job_id,
+            description="Labels in Tiled",
+        )
+    return outcomes
+
+
+@task(name="segmentation-job", cache_policy=NO_CACHE)
+def run_step(
+    request: SegmentationRequest,
+    job_id: str,
+    task_name: Literal["train_infer", "infer"],
+    trained_job_id: str | None,
+) -> StepOutcome:
+    """One job, from the worker's settings (which hold the secrets, so they are never a parameter)."""
+    logger = get_run_logger()
+    settings = load_settings()
+    parameters = JobParameters(
+        task=task_name,
+        job_id=job_id,
+        data_uri=request.data_uri,
+        mask_uri=request.mask_uri,
+        result_uri=f"{settings.tiled.base_url}/api/v1/metadata/{RESULTS}",
+        model=request.model if task_name == "train_infer" else None,
+        trained_job_id=trained_job_id,
+        models_dir=settings.models_path,
+        device=request.device,
+        uncertainty=request.uncertainty,
+        slices="labelled" if task_name == "train_infer" else "all",
+    )
+    parameters_file = write_parameters(parameters, settings.jobs_path)
+    launch = launcher_for(request, settings).launch(
+        job_id, parameters_file, settings.models_path, resources_for(request, settings), job_secrets(settings)
+    )
+    logger.info("launching job %s with %s", job_id, launch.command[0])
+    progress = ProgressReporter(job_id, task_name)
+    exit_status = run_launched_job(
+        launch,
+        on_event=progress.handle,
+        on_log=lambda line, is_error: (logger.warning if is_error else logger.info)("%s", line),
+        stop_grace_seconds=settings.jobs.stop_grace_seconds,
+    )
+    progress.close()
+    if exit_status.code != 0:
+        raise SegmentationFailed(exit_status.failure_message)
+    finished = exit_status.last_event or {}
+    return StepOutcome(job_id=job_id, result_uri=finished.get("result_uri"), metrics=progress.metrics)
+
+
+def write_parameters(parameters: JobParameters, jobs_path: Path) -> Path:
+    jobs_path.mkdir(parents=True, exist_ok=True)
+    path = jobs_path / f"{parameters.job_id}.yaml"
+    path.write_text(yaml.safe_dump(parameters.model_dump(mode="json", exclude_none=True), sort_keys=False))
+    return path
+
+
+def launcher_for(request: SegmentationRequest, settings: StackSettings) -> Launcher:
+    jobs = settings.jobs
+    name = request.launcher or jobs.launcher
+    if name == "process":
+        return ProcessLauncher(python=jobs.python or Path(sys.executable))
+    return ContainerLauncher(
+        engine=name,
+        image=jobs.image,
+        network=jobs.container_network,
+        rootfs=jobs.container_rootfs,
+        rootfs_python=jobs.python,
+        stop_grace_seconds=jobs.stop_grace_seconds,
+    )
+
+
+def resources_for(request: SegmentationRequest, settings: StackSettings) -> JobResources:
+    gpus = request.resources.gpus or settings.jobs.gpus
+    return JobResources(
+        cpus=request.resources.cpus or settings.jobs.cpus,
+        memory_gib=request.resources.memory_gib or settings.jobs.memory_gib,
+        gpus=gpus == "all" or (gpus == "auto" and node_has_gpus()),
+    )
+
+
+def job_secrets(settings: StackSettings) -> dict[str, str]:
+    """What the job may know: the Tiled API key, as the variable it reads."""
+    key = settings.tiled.api_key
+    return {"TILED_API_KEY": key.get_secret_value()} if key else {}
+
+
+class ProgressReporter:
+    """Turns the job's progress lines into a progress artifact and a table of epochs."""
+
+    def __init__(self, job_id: str, task_name: str) -> None:
+        self.job_id, self.trains = job_id, task_name == "train_infer"
+        self.artifact_id = create_progress_artifact(
+            progress=0.0, description=f"Job {job_id}: {'training, then segmenting' if self.trains else 'segmenting'}"
+        )
+        self.epochs: list[dict[str, Any]] = []
+        self.metrics: dict[str, Any] = {}
+        self.percent, self.updated_at = 0.0, 0.0
+
+    def handle(self, event: dict[str, Any]) -> None:
+        kind = event.get("event")
+        if kind == "epoch":
+            self.epochs.append({key: event.get(key) for key in ("epoch", "loss", "val_score", "seconds")})
+            self.set_percent(TRAINING_SHARE * event["epoch"] / event["of"])
+        elif kind == "trained":
+            self.publish_epochs()
+            self.set_percent(TRAINING_SHARE if self.trains else 0.0, force=True)
+        elif kind == "inference":
+            start = TRAINING_SHARE if self.trains else 0.0
+            self.set_percent(start + (1 - start) * event["done"] / max(1, event["of"]))
+        elif kind == "finished":
+            self.metrics = {key: value for key, value in event.items() if key not in ("event", "result_uri", "seconds")}
+
+    def set_percent(self, fraction: float, force: bool = False) -> None:
+        self.percent = 100 * fraction
+        now = time.monotonic()
+        if force or now - self.updated_at >= PROGRESS_UPDATE_SECONDS:
+            update_progress_artifact(self.artifact_id, progress=self.percent)
+            self.updated_at = now
+
+    def publish_epochs(self) -> None:
+        if self.epochs:
+            create_table_artifact(
+                key=f"epochs-{self.job_id.lower().replace('_', '-').replace('.', '-')}",
+                table=self.epochs,
+                description=f"Training of job {self.job_id}: loss and validation mean IoU per epoch",
+            )
+
+    def close(self) -> None:
+        update_progress_artifact(self.artifact_id, progress=self.percent)

@@ -1,0 +1,150 @@
+"""Launchers build argument lists that carry hostile values inertly; the runner never leaves a job behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+
+from flows.job_runner import JobTerminated, run_launched_job
+from flows.launchers import ContainerLauncher, JobResources, Launch, LaunchRefused, ProcessLauncher
+
+SECRET = "0123456789abcdef" * 4
+NO_RESOURCES = JobResources()
+
+
+def test_the_process_launcher_runs_the_job_module_with_the_secret_in_the_environment(tmp_path):
+    launch = ProcessLauncher(Path("/opt/env/bin/python")).launch(
+        "job-1", tmp_path / "job-1.yaml", tmp_path, NO_RESOURCES, {"TILED_API_KEY": SECRET}
+    )
+    assert launch.command == ["/opt/env/bin/python", "-m", "segmentation", str(tmp_path / "job-1.yaml")]
+    assert launch.secret_environment == {"TILED_API_KEY": SECRET} and SECRET not in repr(launch)
+
+
+def test_podman_gets_cdi_gpus_limits_and_the_secret_by_name_only(tmp_path):
+    launcher = ContainerLauncher("podman", "registry.example/segmentation:1")
+    resources = JobResources(cpus=8, memory_gib=31.5, gpus=True)
+    launch = launcher.launch("job-2", tmp_path / "job-2.yaml", tmp_path / "models", resources, {"TILED_API_KEY": SECRET})
+    command = launch.command
+    assert command[:3] == ["podman", "run", "--rm"]
+    assert command[command.index("--name") + 1] == "mlex-tomo-job-job-2"
+    assert command[command.index("--device") + 1] == "nvidia.com/gpu=all"
+    assert command[command.index("--env") + 1] == "TILED_API_KEY" and SECRET not in " ".join(command)
+    assert command[command.index("--cpus") + 1] == "8" and command[command.index("--memory") + 1] == "32256m"
+    assert f"{tmp_path / 'job-2.yaml'}:/job/params.yaml:ro" in command
+    assert command[-2:] == ["registry.example/segmentation:1", "/job/params.yaml"]
+    assert launch.stop_command == ["podman", "stop", "--time", "3", "mlex-tomo-job-job-2"]
+    assert launch.remove_command == ["podman", "rm", "--force", "mlex-tomo-job-job-2"]
+
+
+def test_docker_uses_gpus_all_and_no_gpu_flag_without_gpus(tmp_path):
+    launcher = ContainerLauncher("docker", "segmentation:latest")
+    with_gpus = launcher.launch("job-3", tmp_path / "p.yaml", tmp_path, JobResources(gpus=True), {})
+    assert with_gpus.command[with_gpus.command.index("--gpus") + 1] == "all"
+    without = launcher.launch("job-3", tmp_path / "p.yaml", tmp_path, NO_RESOURCES, {})
+    assert "--gpus" not in without.command and "--device" not in without.command
+    with pytest.raises(LaunchRefused, match="--rootfs"):
+        ContainerLauncher("docker", "segmentation:latest", rootfs=Path("/"))
+
+
+@pytest.mark.parametrize("job_id", ["a;rm -rf /", "$(touch x)", "../up", "name with space", "'quoted'", "-flag"])
+def test_hostile_job_ids_are_refused(tmp_path, job_id):
+    for launcher in (ProcessLauncher(Path(sys.executable)), ContainerLauncher("podman", "image")):
+        with pytest.raises(LaunchRefused, match="job id"):
+            launcher.launch(job_id, tmp_path / "p.yaml", tmp_path, NO_RESOURCES, {})
+
+
+def test_paths_that_would_break_a_volume_argument_are_refused_and_others_pass_inertly(tmp_path):
+    launcher = ContainerLauncher("podman", "image")
+    with pytest.raises(LaunchRefused, match="':' or ','"):
+        launcher.launch("job", tmp_path / "a:b.yaml", tmp_path, NO_RESOURCES, {})
+    odd = tmp_path / "$(touch pwned); echo"
+    launch = launcher.launch("job", odd / "p.yaml", odd, NO_RESOURCES, {})
+    assert f"{odd / 'p.yaml'}:/job/params.yaml:ro" in launch.command
+
+
+def fake_job(tmp_path: Path, body: str) -> Launch:
+    """A stand-in process speaking the job's output protocol, to exercise the runner alone."""
+    script = tmp_path / "job.py"
+    script.write_text(body)
+    return Launch([sys.executable, str(script)], {"TILED_API_KEY": SECRET})
+
+
+def test_events_and_log_lines_are_forwarded_and_the_secret_reaches_only_the_job(tmp_path):
+    launch = fake_job(
+        tmp_path,
+        "import json, os, sys\n"
+        "print('plain text')\n"
+        "print(json.dumps({'event': 'epoch', 'epoch': 1, 'of': 2}), flush=True)\n"
+        "print('warning: something', file=sys.stderr)\n"
+        "print(json.dumps({'event': 'finished', 'key_ok': os.environ['TILED_API_KEY'] == %r}))\n" % SECRET,
+    )
+    events, logs = [], []
+    exit_status = run_launched_job(launch, events.append, lambda line, error: logs.append((line, error)))
+    assert exit_status.code == 0
+    assert events == [{"event": "epoch", "epoch": 1, "of": 2}, {"event": "finished", "key_ok": True}]
+    assert ("plain text", False) in logs and ("warning: something", True) in logs
+
+
+def test_a_failing_job_reports_its_last_words(tmp_path):
+    launch = fake_job(
+        tmp_path,
+        "import json, sys\n"
+        "print('segmentation: mask_uri: no node', file=sys.stderr)\n"
+        "print(json.dumps({'event': 'failed', 'exit_code': 3, 'message': 'mask_uri: no node'}))\n"
+        "sys.exit(3)\n",
+    )
+    exit_status = run_launched_job(launch, lambda event: None, lambda line, error: None)
+    assert exit_status.code == 3
+    assert exit_status.failure_message == "the segmentation job exited with code 3: mask_uri: no node"
+
+
+def test_sigterm_to_the_runner_stops_the_job_and_its_children(tmp_path):
+    launch = fake_job(
+        tmp_path,
+        "import subprocess, sys, time\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "print('{\"event\": \"started\", \"child\": %d}' % child.pid, flush=True)\n"
+        "signal_ignored = __import__('signal').signal(15, __import__('signal').SIG_IGN)\n"
+        "time.sleep(600)\n",
+    )
+    children: list[int] = []
+
+    def on_event(event):
+        children.append(event["child"])
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
+
+    started = time.monotonic()
+    with pytest.raises(JobTerminated):
+        run_launched_job(launch, on_event, lambda line, error: None, stop_grace_seconds=1.0)
+    assert time.monotonic() - started < 30
+    assert not psutil.pid_exists(children[0]) or psutil.Process(children[0]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_the_runner_restores_the_previous_sigterm_handler(tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    run_launched_job(fake_job(tmp_path, "print('done')\n"), lambda event: None, lambda line, error: None)
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
+def test_container_stop_and_remove_commands_run_when_the_job_is_stopped(tmp_path):
+    record = tmp_path / "engine.log"
+    engine = [sys.executable, "-c", f"import sys; open({str(record)!r}, 'a').write(' '.join(sys.argv[1:]) + '\\n')"]
+    launch = Launch(
+        [sys.executable, "-c", "import json, time; print(json.dumps({'event': 'started'}), flush=True); time.sleep(600)"],
+        stop_command=[*engine, "stop", "job"],
+        remove_command=[*engine, "rm", "job"],
+    )
+
+    def on_event(event):
+        raise RuntimeError("the flow crashed")
+
+    with pytest.raises(RuntimeError, match="crashed"):
+        run_launched_job(launch, on_event, lambda line, error: None, stop_grace_seconds=1.0)
+    assert record.read_text().splitlines() == ["stop job", "rm job"]

@@ -64,6 +64,8 @@ def _build_parser() -> argparse.ArgumentParser:
     up.add_argument("--broker-url", help="use this broker (stomp://host:port) instead of starting one")
 
     add_command("status", _status, "report each service's health; exit 1 if any is down")
+    add_command("deploy", _deploy, "register the flows' deployments (and the work pool) on the Prefect server")
+    add_command("worker", _worker, "run a Prefect worker for the work pool with this stack's settings and secrets")
     add_command("ingester", _ingester, "listen on the broker and register announced reconstructions in Tiled")
 
     ingest = add_command("ingest", _ingest, "register one reconstruction file or folder by hand, as if announced")
@@ -98,6 +100,33 @@ def _up(settings: StackSettings, arguments: argparse.Namespace) -> int:
     except StartupError as error:
         print(f"mlex-tomo: {error}", file=sys.stderr)
         return EXIT_FAILURE
+
+
+def _deploy(settings: StackSettings, arguments: argparse.Namespace) -> int:
+    import httpx
+
+    from flows.deploy import register_deployments
+
+    api_url = settings.prefect.resolved_api_url
+    try:
+        names = register_deployments(settings)
+    except (httpx.HTTPError, RuntimeError) as error:
+        print(f"mlex-tomo: cannot register deployments at {api_url}: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    for name in names:
+        print(f"deployed {name} on work pool {settings.prefect.work_pool} at {api_url}")
+    return EXIT_OK
+
+
+def _worker(settings: StackSettings, arguments: argparse.Namespace) -> int:
+    """Replaces this process with the worker, so signals reach it directly."""
+    import os
+
+    from mlex_tomo.stack.services import worker_service, write_child_settings
+
+    write_child_settings(settings)
+    worker = worker_service(settings)
+    os.execve(worker.command[0], worker.command, {**os.environ, **worker.env})
 
 
 def _ingester(settings: StackSettings, arguments: argparse.Namespace) -> int:

@@ -164,3 +164,14 @@ def test_cancelling_a_run_stops_its_job_within_seconds(stack):
     print(f"job stopped {stopped_after:.1f} s after the cancel")
     wait_for(lambda: read_run_records(stack, flow_run.id)[2].state.is_final(), timeout=60, message="the run to end")
     assert read_run_records(stack, flow_run.id)[2].state.is_cancelled()
+
+
+def test_deploy_registers_the_deployments_on_a_running_server(stack):
+    result = stack.cli("deploy")
+    assert result.returncode == 0, result.stderr
+    assert "deployed segmentation/segmentation on work pool segmentation" in result.stdout
+
+
+def test_deploy_explains_an_unreachable_server(stack):
+    result = stack.cli("deploy", "--prefect.api_url", "http://127.0.0.1:9/api")
+    assert result.returncode == 1 and "cannot register deployments at http://127.0.0.1:9/api" in result.stderr

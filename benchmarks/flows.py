@@ -176,8 +176,12 @@ def main() -> None:
     finally:
         for process in (baseline_worker, stack):
             if process is not None and process.poll() is None:
-                process.send_signal(signal.SIGTERM)
-                process.wait(120)
+                process.send_signal(signal.SIGINT if process is baseline_worker else signal.SIGTERM)
+                try:
+                    process.wait(60)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

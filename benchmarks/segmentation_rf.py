@@ -26,7 +26,7 @@ from skimage.feature import multiscale_basic_features
 from skimage.future import fit_segmenter, predict_segmenter
 from sklearn.ensemble import RandomForestClassifier
 
-from benchmarks.common import NUM_CLASSES, machine, paint_scribbles, peak_memory
+from benchmarks.common import NUM_CLASSES, PeakMemory, machine, paint_scribbles, peak_memory
 from mlex_tomo.phantom import PhantomSpec, iter_slabs
 from segmentation.features import feature_names, resolve_device
 from segmentation.metrics import confusion_matrix, iou_from_confusion

@@ -1,10 +1,12 @@
 """Run one launched job to its end, forwarding its output, and never leave it behind.
 
 The job's standard output carries one JSON progress event per line; anything else on
-stdout or stderr is log text. The job runs in its own process group; whatever ends
-this function (the job's exit, an exception, SIGTERM from a cancelling worker) stops
-the job first: SIGTERM, then SIGKILL after the grace period, and for containers the
-engine's stop and remove commands.
+stdout or stderr is log text. Whatever ends this function (the job's exit, an
+exception, Prefect's TerminationSignal when a run is cancelled) stops the job first:
+SIGTERM, then SIGKILL after the grace period, and for containers the engine's stop and
+remove commands. The job stays in its caller's process group, so a signal to the
+group (Prefect's process worker cancels by signalling the flow run's group, and kills
+it 30 s later) reaches the job even if the caller can no longer act.
 """
 
 from __future__ import annotations
@@ -60,7 +62,6 @@ def run_launched_job(
         stderr=subprocess.PIPE,
         text=True,
         bufsize=1,
-        start_new_session=True,
     )
     stderr_tail: deque[str] = deque(maxlen=TAIL_LINES)
 
@@ -94,15 +95,15 @@ def run_launched_job(
 
 
 def stop_job(process: subprocess.Popen, launch: Launch, grace_seconds: float) -> None:
-    """Ask the job to stop, wait out the grace period, then kill its whole process group."""
+    """Ask the job to stop, wait out the grace period, then kill it."""
     deadline = time.monotonic() + grace_seconds
     if launch.stop_command is not None:
         _run_engine(launch.stop_command, timeout=grace_seconds + 2)
-    _signal_group(process, signal.SIGTERM)
+    _send(process, signal.SIGTERM)
     try:
         process.wait(timeout=max(0.1, deadline - time.monotonic()))
     except subprocess.TimeoutExpired:
-        _signal_group(process, signal.SIGKILL)
+        _send(process, signal.SIGKILL)
         process.wait()
     if launch.remove_command is not None:
         _run_engine(launch.remove_command)
@@ -120,8 +121,14 @@ def _parse_event(line: str) -> dict[str, Any] | None:
 
 
 def _stop_on_sigterm() -> Any:
-    """Turn SIGTERM into an exception so the `finally` above stops the job (main thread only)."""
+    """Where nothing handles SIGTERM yet, turn it into an exception so `finally` stops the job.
+
+    Inside a flow run Prefect's own handler is in place (it raises TerminationSignal and
+    acknowledges the cancellation), so it is left alone.
+    """
     if threading.current_thread() is not threading.main_thread():
+        return None
+    if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
         return None
 
     def terminate(signal_number: int, frame: Any) -> None:
@@ -130,9 +137,9 @@ def _stop_on_sigterm() -> Any:
     return signal.signal(signal.SIGTERM, terminate)
 
 
-def _signal_group(process: subprocess.Popen, signal_number: int) -> None:
+def _send(process: subprocess.Popen, signal_number: int) -> None:
     try:
-        os.killpg(process.pid, signal_number)
+        process.send_signal(signal_number)
     except ProcessLookupError:
         pass
 

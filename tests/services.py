@@ -121,6 +121,11 @@ class RunningStack:
             self.process.send_signal(signal.SIGTERM)
         return self.process.wait(timeout)
 
+    def hang_up(self, timeout: float = 60) -> int:
+        """What closing the terminal sends."""
+        self.process.send_signal(signal.SIGHUP)
+        return self.process.wait(timeout)
+
 
 class Services:
     """Broker, Tiled and an ingester in `data_dir`, each started and stopped at will."""

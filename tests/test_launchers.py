@@ -6,7 +6,6 @@ import os
 import signal
 import sys
 import threading
-import time
 from pathlib import Path
 
 import psutil
@@ -105,26 +104,49 @@ def test_a_failing_job_reports_its_last_words(tmp_path):
     assert exit_status.failure_message == "the segmentation job exited with code 3: mask_uri: no node"
 
 
-def test_sigterm_to_the_runner_stops_the_job_and_its_children(tmp_path):
+def test_sigterm_to_the_runner_stops_a_job_that_ignores_it(tmp_path):
     launch = fake_job(
         tmp_path,
-        "import subprocess, sys, time\n"
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
-        "print('{\"event\": \"started\", \"child\": %d}' % child.pid, flush=True)\n"
-        "signal_ignored = __import__('signal').signal(15, __import__('signal').SIG_IGN)\n"
+        "import os, signal, time\n"
+        "signal.signal(signal.SIGTERM, signal.SIG_IGN)\n"
+        "print('{\"event\": \"started\", \"pid\": %d}' % os.getpid(), flush=True)\n"
         "time.sleep(600)\n",
     )
-    children: list[int] = []
+    jobs: list[int] = []
 
     def on_event(event):
-        children.append(event["child"])
+        jobs.append(event["pid"])
         threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start()
 
-    started = time.monotonic()
-    with pytest.raises(JobTerminated):
-        run_launched_job(launch, on_event, lambda line, error: None, stop_grace_seconds=1.0)
-    assert time.monotonic() - started < 30
-    assert not psutil.pid_exists(children[0]) or psutil.Process(children[0]).status() == psutil.STATUS_ZOMBIE
+    previous = signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    try:
+        with pytest.raises(JobTerminated):
+            run_launched_job(launch, on_event, lambda line, error: None, stop_grace_seconds=1.0)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert not psutil.pid_exists(jobs[0]) or psutil.Process(jobs[0]).status() == psutil.STATUS_ZOMBIE
+
+
+def test_an_existing_sigterm_handler_such_as_prefects_is_left_in_charge(tmp_path):
+    class Terminated(BaseException):
+        pass
+
+    def handler(signal_number, frame):
+        raise Terminated()
+
+    launch = fake_job(tmp_path, "import time\nprint('{\"event\": \"started\"}', flush=True)\ntime.sleep(600)\n")
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        with pytest.raises(Terminated):
+            run_launched_job(
+                launch,
+                lambda event: threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGTERM)).start(),
+                lambda line, error: None,
+                stop_grace_seconds=1.0,
+            )
+        assert signal.getsignal(signal.SIGTERM) is handler
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def test_the_runner_restores_the_previous_sigterm_handler(tmp_path):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import socket
 import threading
 import uuid
@@ -16,6 +18,7 @@ from tiled.client import from_uri
 
 from mlex_tomo.settings import load_settings
 from mlex_tomo.stack.services import embedded_services
+from mlex_tomo.stack.supervisor import Stack
 from tests.services import RunningStack
 
 pytestmark = pytest.mark.stack
@@ -114,11 +117,11 @@ def test_a_second_up_on_the_same_data_dir_is_refused(own_stack):
     assert "already running" in result.stdout + result.stderr
 
 
-def test_shutdown_stops_every_process_it_started(own_stack):
+def test_closing_the_terminal_stops_every_process_it_started(own_stack):
     children = own_stack.descendants()
     assert len(children) >= len(SERVICES)
 
-    assert own_stack.stop() == 0
+    assert own_stack.hang_up() == 0
 
     still_running = [child for child in children if alive(child)]
     assert still_running == []
@@ -168,3 +171,15 @@ def test_services_with_an_external_address_are_not_started(tmp_path):
     assert settings.broker.stomp_address == ("broker.facility", 61613)
     assert settings.tiled.base_url == "http://tiled.facility:8000"
 
+
+
+def test_a_vanished_terminal_does_not_interrupt_the_shutdown(tmp_path):
+    """Progress lines to a closed pipe are dropped, so stopping goes on to the last service."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    gone = os.fdopen(write_end, "w")
+    stack = Stack(load_settings(overrides={"data_dir": str(tmp_path)}, environ={}), gone)
+    stack._say("stopping tiled")
+    stack._say_raw("mlex-tomo is up:")
+    with contextlib.suppress(BrokenPipeError):  # what is still buffered cannot be flushed either
+        gone.close()

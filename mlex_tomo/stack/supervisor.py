@@ -162,7 +162,14 @@ class Stack:
         return next(process for service, process in self.running if service.name == name)
 
     def _say(self, message: str) -> None:
-        print(f"[mlex-tomo] {message}", file=self.out, flush=True)
+        self._say_raw(f"[mlex-tomo] {message}")
+
+    def _say_raw(self, text: str) -> None:
+        """Report progress; a terminal or pipe that went away must not stop the shutdown."""
+        try:
+            print(text, file=self.out, flush=True)
+        except (OSError, ValueError):
+            pass
 
 
 def run_up(settings: StackSettings, out: TextIO = sys.stdout) -> int:
@@ -171,7 +178,7 @@ def run_up(settings: StackSettings, out: TextIO = sys.stdout) -> int:
         stack = Stack(settings, out)
         try:
             stack.start()
-            print(stack.summary(), file=out, flush=True)
+            stack._say_raw(stack.summary())
             stack.monitor()
         except (KeyboardInterrupt, StopRequested):
             stack._say("stop requested")
@@ -227,21 +234,23 @@ def _single_instance(lock_path: Path) -> Iterator[None]:
 
 @contextmanager
 def _sigterm_as_exception() -> Iterator[None]:
+    """SIGTERM, and SIGHUP from a closed terminal, stop the stack cleanly instead of orphaning it."""
     def raise_stop(signum, frame):
         raise StopRequested()
 
-    previous = signal.signal(signal.SIGTERM, raise_stop)
+    previous = {signum: signal.signal(signum, raise_stop) for signum in (signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 @contextmanager
 def _signals_ignored() -> Iterator[None]:
     """A second Ctrl-C must not abandon children half-way through shutdown."""
     handlers: dict[int, Callable | int | None] = {
-        signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM)
+        signum: signal.signal(signum, signal.SIG_IGN) for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
     }
     try:
         yield

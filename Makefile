@@ -4,15 +4,17 @@ PYTHON ?= python3
 BIN := $(VENV)/bin
 SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_PACKAGES := activemq default-jre-headless python3-venv
+# What only the tests need: podman runs the segmentation job in a real container.
+TEST_APT_PACKAGES := podman runc
 # uv does not read pip's config: hand it pip's local wheel folder (e.g. a CPU-only torch).
 export UV_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 
-.PHONY: run test test-quick setup system-deps clean-state
+.PHONY: run test test-quick setup system-deps test-system-deps clean-state
 
 run: setup
 	$(BIN)/mlex-tomo up
 
-test: setup
+test: setup test-system-deps
 	$(BIN)/python -m pytest
 
 test-quick: setup
@@ -27,6 +29,13 @@ system-deps:
 	  echo "installing $(APT_PACKAGES) with apt-get"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(APT_PACKAGES); \
+	fi
+
+test-system-deps:
+	@if ! command -v podman >/dev/null || ! command -v runc >/dev/null; then \
+	  echo "installing $(TEST_APT_PACKAGES) with apt-get"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_APT_PACKAGES); \
 	fi
 
 $(BIN)/.installed: pyproject.toml

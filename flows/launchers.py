@@ -72,10 +72,11 @@ class ContainerLauncher:
         _check_name("job id", job_id)
         name = container_name(job_id)
         command = [
-            self.engine, "run", "--rm",
+            self.engine, "run", "--rm", "--init",
             "--name", name,
             "--label", f"mlex-tomo.job-id={job_id}",
             "--network", self.network,
+            "--env", "PYTHONUNBUFFERED=1",
         ]
         for variable in sorted(secrets):
             command += ["--env", variable]
@@ -89,7 +90,7 @@ class ContainerLauncher:
             command += ["--cpus", f"{resources.cpus:g}"]
         if resources.memory_gib is not None:
             command += ["--memory", f"{max(1, round(resources.memory_gib * 1024))}m"]
-        if self.rootfs is not None:
+        if self.rootfs is not None:  # takes the image's place, so it must come after every option
             python = str(self.rootfs_python or "python3")
             command += ["--rootfs", f"{_volume_path(self.rootfs)}:O", python, "-m", "segmentation"]
         else:

@@ -132,6 +132,7 @@ def run_step(
         slices="labelled" if task_name == "train_infer" else "all",
     )
     parameters_file = write_parameters(parameters, settings.jobs_path)
+    settings.models_path.mkdir(parents=True, exist_ok=True)  # containers mount it, so it must exist
     launch = launcher_for(request, settings).launch(
         job_id, parameters_file, settings.models_path, resources_for(request, settings), job_secrets(settings)
     )

@@ -34,12 +34,22 @@ def test_podman_gets_cdi_gpus_limits_and_the_secret_by_name_only(tmp_path):
     assert command[:3] == ["podman", "run", "--rm"]
     assert command[command.index("--name") + 1] == "mlex-tomo-job-job-2"
     assert command[command.index("--device") + 1] == "nvidia.com/gpu=all"
-    assert command[command.index("--env") + 1] == "TILED_API_KEY" and SECRET not in " ".join(command)
+    passed = [command[index + 1] for index, argument in enumerate(command) if argument == "--env"]
+    assert "TILED_API_KEY" in passed and SECRET not in " ".join(command)
     assert command[command.index("--cpus") + 1] == "8" and command[command.index("--memory") + 1] == "32256m"
     assert f"{tmp_path / 'job-2.yaml'}:/job/params.yaml:ro" in command
     assert command[-2:] == ["registry.example/segmentation:1", "/job/params.yaml"]
     assert launch.stop_command == ["podman", "stop", "--time", "3", "mlex-tomo-job-job-2"]
     assert launch.remove_command == ["podman", "rm", "--force", "mlex-tomo-job-job-2"]
+
+
+def test_podman_with_a_root_file_system_runs_python_from_it_after_every_option(tmp_path):
+    launcher = ContainerLauncher("podman", "unused", rootfs=Path("/"), rootfs_python=Path("/opt/venv/bin/python"))
+    command = launcher.launch("job-4", tmp_path / "p.yaml", tmp_path, NO_RESOURCES, {}).command
+    assert command[command.index("--rootfs") :] == [
+        "--rootfs", "/:O", "/opt/venv/bin/python", "-m", "segmentation", "/job/params.yaml"
+    ]
+    assert "unused" not in command
 
 
 def test_docker_uses_gpus_all_and_no_gpu_flag_without_gpus(tmp_path):

@@ -67,6 +67,7 @@ def _build_parser() -> argparse.ArgumentParser:
     add_command("deploy", _deploy, "register the flows' deployments (and the work pool) on the Prefect server")
     add_command("worker", _worker, "run a Prefect worker for the work pool with this stack's settings and secrets")
     add_command("ingester", _ingester, "listen on the broker and register announced reconstructions in Tiled")
+    add_command("ui", _ui, "serve the segmentation web app (port 8075 by default)")
 
     ingest = add_command("ingest", _ingest, "register one reconstruction file or folder by hand, as if announced")
     ingest.add_argument("path", help="the file (NeXus/HDF5, Zarr, TIFF) or TIFF stack folder")
@@ -127,6 +128,13 @@ def _worker(settings: StackSettings, arguments: argparse.Namespace) -> int:
     write_child_settings(settings)
     worker = worker_service(settings)
     os.execve(worker.command[0], worker.command, {**os.environ, **worker.env})
+
+
+def _ui(settings: StackSettings, arguments: argparse.Namespace) -> int:
+    from dash_app.app import create_app
+
+    create_app(settings).run(host=settings.ui.host, port=settings.ui.port, debug=False)
+    return EXIT_OK
 
 
 def _ingester(settings: StackSettings, arguments: argparse.Namespace) -> int:

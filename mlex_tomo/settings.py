@@ -192,6 +192,34 @@ class IngesterSettings(Section):
     )
 
 
+class UISettings(Section):
+    """The segmentation web app (Dash), the scientist's only entry point."""
+
+    host: str = Field(default="127.0.0.1", description="Address the web app binds to; 0.0.0.0 to serve the network.")
+    port: Port = Field(default=8075, description="Port of the web app.")
+    username: str | None = Field(default=None, description="Basic-auth user; login is off unless set with a password.")
+    password: SecretStr | None = Field(default=None, description="Basic-auth password.")
+    password_file: Path | None = Field(default=None, description="File holding the basic-auth password.")
+    image_cache_mib: int = Field(default=256, ge=0, le=65536, description="Memory for slices read from Tiled.")
+    scan_refresh_seconds: float = Field(default=5.0, gt=0, description="How often the scan list looks for new scans.")
+    status_refresh_seconds: float = Field(default=10.0, gt=0, description="How often the status panel probes services.")
+
+    @model_validator(mode="after")
+    def _load_secret(self) -> UISettings:
+        self.password = _read_secret(self.password, self.password_file, "password")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("set both ui.username and ui.password (or ui.password_file) to turn login on")
+        return self
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def login_required(self) -> bool:
+        return self.username is not None
+
+
 class JobSettings(Section):
     """How the worker launches segmentation jobs (`python -m segmentation params.yaml`)."""
 
@@ -253,6 +281,7 @@ class StackSettings(BaseSettings):
     broker: BrokerSettings = BrokerSettings()
     ingester: IngesterSettings = IngesterSettings()
     jobs: JobSettings = JobSettings()
+    ui: UISettings = UISettings()
 
     @classmethod
     def settings_customise_sources(
@@ -380,7 +409,7 @@ def settings_as_yaml(settings: StackSettings) -> str:
 
 
 def _secret_fields() -> dict[str, set[str]]:
-    return {"tiled": {"api_key"}, "broker": {"password"}}
+    return {"tiled": {"api_key"}, "broker": {"password"}, "ui": {"password"}}
 
 
 def secrets_as_environment(settings: StackSettings) -> dict[str, str]:
@@ -388,6 +417,7 @@ def secrets_as_environment(settings: StackSettings) -> dict[str, str]:
     values = {
         "TILED__API_KEY": settings.tiled.api_key,
         "BROKER__PASSWORD": settings.broker.password,
+        "UI__PASSWORD": settings.ui.password,
     }
     return {ENV_PREFIX + name: secret.get_secret_value() for name, secret in values.items() if secret}
 

@@ -110,6 +110,11 @@ def _http_health(service: str, url: str, probe_url: str) -> Health:
     return Health(service, True, url)
 
 
+def ui_health(settings: StackSettings) -> Health:
+    url = settings.ui.url
+    return _http_health("ui", url, f"{url}/healthz")
+
+
 def stack_health(settings: StackSettings) -> list[Health]:
-    probes = (broker_health, tiled_health, prefect_health, worker_health, ingester_health)
+    probes = (broker_health, tiled_health, prefect_health, worker_health, ingester_health, ui_health)
     return [probe(settings) for probe in probes]

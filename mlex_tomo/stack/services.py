@@ -16,6 +16,7 @@ from mlex_tomo.stack.health import (
     ingester_health,
     prefect_health,
     tiled_health,
+    ui_health,
     worker_health,
 )
 
@@ -43,7 +44,7 @@ def embedded_services(settings: StackSettings) -> tuple[list[Service], list[Serv
         servers.append(tiled_service(settings))
     if settings.prefect.embedded:
         servers.append(prefect_server_service(settings))
-    return servers, [worker_service(settings), ingester_service(settings)]
+    return servers, [worker_service(settings), ingester_service(settings), ui_service(settings)]
 
 
 def broker_service(settings: StackSettings) -> Service:
@@ -122,6 +123,16 @@ def ingester_service(settings: StackSettings) -> Service:
         command=mlex_tomo_command(settings, "ingester"),
         probe=ingester_health,
         env=secrets_as_environment(settings),
+    )
+
+
+def ui_service(settings: StackSettings) -> Service:
+    return Service(
+        name="ui",
+        command=mlex_tomo_command(settings, "ui"),
+        probe=ui_health,
+        env=secrets_as_environment(settings),
+        ports={"ui.port": settings.ui.port},
     )
 
 

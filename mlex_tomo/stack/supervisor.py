@@ -146,6 +146,7 @@ class Stack:
     def summary(self) -> str:
         settings = self.settings
         rows = [
+            ("Web app", settings.ui.url),
             ("Tiled", settings.tiled.base_url),
             ("Prefect UI", settings.prefect.resolved_api_url.removesuffix("/api")),
             ("Prefect API", settings.prefect.resolved_api_url),

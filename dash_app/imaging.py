@@ -1,0 +1,75 @@
+"""Turning slices of any dtype into the small 8-bit images a browser shows.
+
+Plain functions on arrays: the web routes around them only read slices and send bytes.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Literal
+
+import numpy as np
+from numpy.typing import NDArray
+from PIL import Image
+
+ImageFormat = Literal["png", "jpeg"]
+DISPLAY_PERCENTILES = (1.0, 99.0)
+HISTOGRAM_BINS = 128
+JPEG_QUALITY = 90
+
+
+def display_range(sample: NDArray[np.generic], percentiles: tuple[float, float] = DISPLAY_PERCENTILES) -> tuple[float, float]:
+    """(low, high) at the percentiles of the finite values; high > low always."""
+    values = np.asarray(sample, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return 0.0, 1.0
+    low, high = (float(value) for value in np.percentile(values, percentiles))
+    if high <= low:
+        high = low + 1.0
+    return low, high
+
+
+def histogram(sample: NDArray[np.generic], bins: int = HISTOGRAM_BINS) -> tuple[list[float], list[int]]:
+    """Bin centres and counts of the finite values, for the contrast panel."""
+    values = np.asarray(sample, dtype=np.float64).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return [], []
+    counts, edges = np.histogram(values, bins=bins)
+    return ((edges[:-1] + edges[1:]) / 2).tolist(), counts.tolist()
+
+
+def to_display(image: NDArray[np.generic], low: float, high: float) -> NDArray[np.uint8]:
+    """Window [low, high] onto 0..255; values outside clip, non-finite values show black."""
+    if high <= low:
+        raise ValueError(f"the window's high ({high}) must exceed its low ({low})")
+    scaled = (np.asarray(image, dtype=np.float32) - np.float32(low)) * np.float32(255.0 / (high - low))
+    np.clip(scaled, 0, 255, out=scaled)
+    return np.nan_to_num(scaled, nan=0.0).astype(np.uint8)
+
+
+def downsample(image: NDArray[np.generic], max_size: int) -> NDArray[np.generic]:
+    """Every n-th pixel so the longer side is at most `max_size`: fast, and exact at full size."""
+    step = -(-max(image.shape) // max_size)
+    return image[::step, ::step] if step > 1 else image
+
+
+def encode(image: NDArray[np.uint8], image_format: ImageFormat) -> bytes:
+    buffer = io.BytesIO()
+    picture = Image.fromarray(np.ascontiguousarray(image))
+    if image_format == "jpeg":
+        picture.save(buffer, format="JPEG", quality=JPEG_QUALITY)
+    else:
+        picture.save(buffer, format="PNG", compress_level=1)
+    return buffer.getvalue()
+
+
+def colour_labels(labels: NDArray[np.integer], colours: dict[int, tuple[int, int, int]], hidden: set[int] = frozenset()) -> NDArray[np.uint8]:
+    """RGBA overlay of a label slice: each shown class in its colour, the rest transparent."""
+    overlay = np.zeros((*labels.shape, 4), np.uint8)
+    for label, (red, green, blue) in colours.items():
+        if label in hidden:
+            continue
+        overlay[labels == label] = (red, green, blue, 255)
+    return overlay

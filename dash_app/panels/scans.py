@@ -1,0 +1,49 @@
+"""The scan browser: every scan under /recons, newest first, searchable; new ones appear by themselves."""
+
+from __future__ import annotations
+
+from dash import Dash, Input, Output, dcc, html
+
+from dash_app.volumes import ScanLibrary, ScanSummary
+from mlex_tomo.settings import StackSettings
+
+
+def layout(settings: StackSettings) -> html.Div:
+    return html.Div(
+        className="panel scans",
+        children=[
+            html.H2("Scans"),
+            dcc.Dropdown(id="scan", placeholder="Pick a scan (type to search)", searchable=True, clearable=False),
+            html.Div(id="scan-details", className="details"),
+            dcc.Interval(id="scan-refresh", interval=settings.ui.scan_refresh_seconds * 1000),
+        ],
+    )
+
+
+def option(scan: ScanSummary) -> dict:
+    shape = " x ".join(str(extent) for extent in scan.shape)
+    return {"label": f"{scan.key}  ({shape}, {scan.dtype})", "value": scan.key, "search": scan.key}
+
+
+def register_callbacks(app: Dash, library: ScanLibrary) -> None:
+    @app.callback(Output("scan", "options"), Input("scan-refresh", "n_intervals"))
+    def list_scans(_: int | None) -> list[dict]:
+        return [option(scan) for scan in library.scans()]
+
+    @app.callback(Output("scan-details", "children"), Input("scan", "value"), Input("scan", "options"))
+    def describe(scan: str | None, options: list[dict] | None) -> list:
+        if scan is None:
+            return [html.P("No scan chosen.")]
+        summary = next((found for found in library.scans() if found.key == scan), None)
+        if summary is None:
+            return [html.P(f"{scan} is no longer in Tiled.")]
+        return [
+            html.Dl(
+                children=[
+                    html.Dt("shape (z, y, x)"), html.Dd(" x ".join(str(extent) for extent in summary.shape)),
+                    html.Dt("dtype"), html.Dd(summary.dtype),
+                    html.Dt("format"), html.Dd(summary.format or "-"),
+                    html.Dt("ingested"), html.Dd(summary.ingested_at or "-"),
+                ]
+            )
+        ]

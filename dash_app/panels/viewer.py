@@ -1,0 +1,107 @@
+"""The slice viewer: slider and keys through the volume, axis choice, window/level, histogram.
+
+The figure is built in the browser (a clientside callback in assets/viewer.js) around an
+image URL served by `dash_app.routes`, so moving the slider costs one image request and
+no server callback.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import plotly.graph_objects as go
+from dash import ClientsideFunction, Dash, Input, Output, State, dcc, html, no_update
+
+from dash_app.volumes import AXES, ScanLibrary, ScanNotFound
+
+
+def layout() -> html.Div:
+    return html.Div(
+        className="panel viewer",
+        children=[
+            dcc.Graph(
+                id="slice-view",
+                className="slice-view",
+                config={"scrollZoom": True, "displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]},
+                figure=empty_figure(),
+            ),
+            html.Div(
+                className="controls",
+                children=[
+                    dcc.RadioItems(id="axis", options=[{"label": axis, "value": axis} for axis in AXES], value="z", inline=True),
+                    html.Div(
+                        className="slider",
+                        children=[dcc.Slider(id="slice-index", min=0, max=0, step=1, value=0, marks=None, tooltip={"placement": "bottom", "always_visible": True}, updatemode="drag")],
+                    ),
+                    html.Span(id="slice-label", className="slice-label"),
+                ],
+            ),
+            html.Div(
+                className="contrast",
+                children=[
+                    html.Label("Window", htmlFor="window"),
+                    dcc.RangeSlider(id="window", min=0, max=1, value=[0, 1], marks=None, tooltip={"placement": "bottom"}),
+                    dcc.Graph(id="histogram", className="histogram", config={"displayModeBar": False}, figure=empty_figure()),
+                ],
+            ),
+        ],
+    )
+
+
+def empty_figure() -> go.Figure:
+    figure = go.Figure()
+    figure.update_layout(margin=dict(l=0, r=0, t=0, b=0), xaxis_visible=False, yaxis_visible=False, plot_bgcolor="#111")
+    return figure
+
+
+def histogram_figure(defaults: dict[str, Any]) -> go.Figure:
+    figure = go.Figure(go.Bar(x=defaults["bin_centres"], y=defaults["counts"], marker_color="#8c8c8c"))
+    figure.update_layout(
+        margin=dict(l=0, r=0, t=0, b=0), height=80, bargap=0, yaxis_visible=False, xaxis_showgrid=False,
+        shapes=[
+            dict(type="line", x0=value, x1=value, y0=0, y1=1, yref="paper", line=dict(color="#ffb000"))
+            for value in (defaults["low"], defaults["high"])
+        ],
+    )
+    return figure
+
+
+def register_callbacks(app: Dash, library: ScanLibrary) -> None:
+    @app.callback(Output("display-defaults", "data"), Input("scan", "value"))
+    def load_defaults(scan: str | None) -> dict | None:
+        if scan is None:
+            return None
+        try:
+            defaults = library.display_defaults(scan)
+            shape = library.volume(scan).shape
+        except ScanNotFound:
+            return None
+        return {"scan": scan, "shape": list(shape), **defaults.__dict__}
+
+    @app.callback(
+        Output("window", "min"), Output("window", "max"), Output("window", "value"), Output("window", "step"),
+        Output("histogram", "figure"),
+        Input("display-defaults", "data"),
+    )
+    def reset_window(defaults: dict | None):
+        if defaults is None:
+            return no_update, no_update, no_update, no_update, empty_figure()
+        span = defaults["maximum"] - defaults["minimum"] or 1.0
+        return defaults["minimum"], defaults["maximum"], [defaults["low"], defaults["high"]], span / 1000, histogram_figure(defaults)
+
+    @app.callback(
+        Output("slice-index", "max"), Output("slice-index", "value"),
+        Input("display-defaults", "data"), Input("axis", "value"),
+        State("slice-index", "value"),
+    )
+    def reset_slider(defaults: dict | None, axis: str, current: int | None):
+        if defaults is None:
+            return 0, 0
+        extent = defaults["shape"][AXES.index(axis)]
+        return extent - 1, extent // 2
+
+    app.clientside_callback(
+        ClientsideFunction(namespace="mlexTomo", function_name="sliceFigure"),
+        Output("slice-view", "figure"), Output("slice-label", "children"),
+        Input("display-defaults", "data"), Input("axis", "value"), Input("slice-index", "value"), Input("window", "value"),
+    )

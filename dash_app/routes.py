@@ -1,0 +1,73 @@
+"""HTTP routes of the web app's server: slice images and display defaults, as the browser asks.
+
+Images are plain URLs (`<img src>` or a figure's layout image), never base64 inside
+figure JSON, so the browser caches them and Dash callbacks stay small.
+"""
+
+from __future__ import annotations
+
+from flask import Blueprint, Response, jsonify, request
+
+from dash_app.imaging import downsample, encode, to_display
+from dash_app.volumes import InvalidSlice, ScanLibrary, ScanNotFound
+
+DEFAULT_MAX_SIZE = 1024
+LARGEST_MAX_SIZE = 8192
+IMAGE_CACHE_SECONDS = 3600  # a slice of a registered scan never changes
+
+
+def slice_routes(library: ScanLibrary) -> Blueprint:
+    routes = Blueprint("slices", __name__)
+
+    @routes.get("/slices/<scan>/<axis>/<int:index>.<image_format>")
+    def slice_image(scan: str, axis: str, index: int, image_format: str) -> Response:
+        if image_format not in ("png", "jpeg"):
+            return _problem(400, f"format must be png or jpeg, not {image_format!r}")
+        try:
+            low, high, max_size = _window_arguments(library, scan)
+            image = library.slice(scan, axis, index)
+        except ScanNotFound as error:
+            return _problem(404, str(error))
+        except (InvalidSlice, ValueError) as error:
+            return _problem(400, str(error))
+        body = encode(to_display(downsample(image, max_size), low, high), image_format)
+        response = Response(body, mimetype=f"image/{image_format}")
+        response.headers["Cache-Control"] = f"private, max-age={IMAGE_CACHE_SECONDS}"
+        response.headers["X-Slice-Shape"] = "x".join(str(extent) for extent in image.shape)
+        return response
+
+    @routes.get("/scans/<scan>/display")
+    def display_defaults(scan: str) -> Response:
+        try:
+            defaults = library.display_defaults(scan)
+            shape = library.volume(scan).shape
+        except ScanNotFound as error:
+            return _problem(404, str(error))
+        return jsonify({"shape": list(shape), **defaults.__dict__})
+
+    return routes
+
+
+def _window_arguments(library: ScanLibrary, scan: str) -> tuple[float, float, int]:
+    """`low`, `high` (default: the scan's display defaults) and `max_size` from the query string."""
+    try:
+        max_size = int(request.args.get("max_size", DEFAULT_MAX_SIZE))
+        low_text, high_text = request.args.get("low"), request.args.get("high")
+        if low_text is None or high_text is None:
+            defaults = library.display_defaults(scan)
+            low, high = defaults.low, defaults.high
+        else:
+            low, high = float(low_text), float(high_text)
+    except ValueError as error:
+        raise ValueError(f"low, high and max_size must be numbers: {error}") from None
+    if not 16 <= max_size <= LARGEST_MAX_SIZE:
+        raise ValueError(f"max_size must be within 16..{LARGEST_MAX_SIZE}, got {max_size}")
+    if not high > low:
+        raise ValueError(f"high ({high:g}) must exceed low ({low:g})")
+    return low, high, max_size
+
+
+def _problem(status: int, message: str) -> Response:
+    response = jsonify({"error": message})
+    response.status_code = status
+    return response

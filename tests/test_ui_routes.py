@@ -1,0 +1,135 @@
+"""The web app's image routes against a real Tiled server, and the image functions behind them."""
+
+from __future__ import annotations
+
+import base64
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from dash_app.app import create_app
+from dash_app.imaging import colour_labels, display_range, downsample, to_display
+from mlex_tomo.settings import load_settings
+from tests.services import Services
+
+VOLUME = (np.arange(6 * 40 * 50, dtype=np.float32).reshape(6, 40, 50) % 997) / 997
+
+
+@pytest.fixture(scope="module")
+def services(tmp_path_factory):
+    services = Services(tmp_path_factory.mktemp("ui"))
+    try:
+        services.start("tiled")
+        writer = services.tiled(writable=True)
+        writer["recons"].create_container("scan").write_array(VOLUME, key="data", metadata={})
+        yield services
+    finally:
+        services.stop_all()
+
+
+@pytest.fixture(scope="module")
+def client(services):
+    return create_app(services.settings).server.test_client()
+
+
+def decoded(response) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(response.data)))
+
+
+@pytest.mark.stack
+def test_a_slice_is_served_as_png_with_the_window_applied(client):
+    response = client.get("/slices/scan/z/3.png?low=0.2&high=0.8")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    np.testing.assert_array_equal(decoded(response), to_display(VOLUME[3], 0.2, 0.8))
+    assert "max-age" in response.headers["Cache-Control"]
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize(("axis", "index", "expected"), [("y", 7, VOLUME[:, 7, :]), ("x", 49, VOLUME[:, :, 49])])
+def test_other_axes_are_served(client, axis, index, expected):
+    response = client.get(f"/slices/scan/{axis}/{index}.png?low=0&high=1")
+    assert response.status_code == 200
+    np.testing.assert_array_equal(decoded(response), to_display(expected, 0, 1))
+
+
+@pytest.mark.stack
+def test_jpeg_and_downsampling_for_small_viewports(client):
+    response = client.get("/slices/scan/z/0.jpeg?low=0&high=1&max_size=20")
+    assert response.status_code == 200 and response.mimetype == "image/jpeg"
+    assert decoded(response).shape == (14, 17)
+
+
+@pytest.mark.stack
+def test_display_defaults_come_from_percentiles_of_a_sample(client):
+    response = client.get("/scans/scan/display")
+    assert response.status_code == 200
+    body = response.get_json()
+    assert body["shape"] == [6, 40, 50]
+    low, high = np.percentile(VOLUME, [1, 99])
+    assert body["low"] == pytest.approx(low, abs=0.01) and body["high"] == pytest.approx(high, abs=0.01)
+    assert sum(body["counts"]) == VOLUME.size
+    default = client.get("/slices/scan/z/2.png")
+    np.testing.assert_array_equal(decoded(default), to_display(VOLUME[2], body["low"], body["high"]))
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize(
+    ("url", "status", "message"),
+    [
+        ("/slices/missing/z/0.png", 404, "no scan 'missing'"),
+        ("/slices/scan/w/0.png", 400, "axis must be one of z, y, x"),
+        ("/slices/scan/z/6.png", 400, "z index 6 is outside 0..5"),
+        ("/slices/scan/z/0.gif", 400, "format must be png or jpeg"),
+        ("/slices/scan/z/0.png?low=1&high=0.5", 400, "must exceed low"),
+        ("/slices/scan/z/0.png?low=a&high=1", 400, "must be numbers"),
+        ("/slices/scan/z/0.png?max_size=1000000", 400, "max_size must be within"),
+        ("/scans/missing/display", 404, "no scan 'missing'"),
+    ],
+)
+def test_bad_requests_say_what_is_wrong(client, url, status, message):
+    response = client.get(url)
+    assert response.status_code == status
+    assert message in response.get_json()["error"]
+
+
+@pytest.mark.stack
+def test_login_guards_every_route_but_the_health_check(services, tmp_path):
+    overrides = {"data_dir": str(services.settings.data_dir), "tiled": {"port": services.settings.tiled.port},
+                 "ui": {"username": "beamline", "password": "s3cret-words"}}
+    guarded = create_app(load_settings(overrides=overrides, environ={})).server.test_client()
+    assert guarded.get("/").status_code == 401
+    assert guarded.get("/slices/scan/z/0.png").status_code == 401
+    wrong = base64.b64encode(b"beamline:nope").decode()
+    assert guarded.get("/", headers={"Authorization": f"Basic {wrong}"}).status_code == 401
+    right = base64.b64encode(b"beamline:s3cret-words").decode()
+    assert guarded.get("/slices/scan/z/0.png", headers={"Authorization": f"Basic {right}"}).status_code == 200
+    assert guarded.get("/healthz").status_code == 200
+
+
+def test_window_maps_to_the_full_byte_range_and_clips():
+    image = np.array([[-1.0, 0.0, 0.5], [1.0, 2.0, np.nan]], np.float32)
+    np.testing.assert_array_equal(to_display(image, 0.0, 1.0), [[0, 0, 127], [255, 255, 0]])
+    with pytest.raises(ValueError, match="must exceed"):
+        to_display(image, 1.0, 1.0)
+
+
+def test_display_range_ignores_outliers_and_never_collapses():
+    values = np.concatenate([np.linspace(0, 1, 10_000), [1e9, -1e9, np.inf]])
+    low, high = display_range(values)
+    assert 0 <= low < 0.02 and 0.98 < high <= 1
+    assert display_range(np.full(10, 3.0)) == (3.0, 4.0)
+
+
+def test_downsampling_keeps_the_longer_side_within_bounds():
+    image = np.zeros((2048, 1000))
+    assert downsample(image, 1024).shape == (1024, 500)
+    assert downsample(image, 4096) is image
+
+
+def test_label_overlay_colours_shown_classes_only():
+    labels = np.array([[0, 1], [2, 1]])
+    overlay = colour_labels(labels, {1: (255, 0, 0), 2: (0, 0, 255)}, hidden={2})
+    assert overlay[0, 1].tolist() == [255, 0, 0, 255]
+    assert overlay[1, 0, 3] == 0 and overlay[0, 0, 3] == 0

@@ -31,6 +31,7 @@ from mlex_tomo.stack.services import (
     broker_service,
     child_settings_path,
     tiled_service,
+    ui_service,
     write_child_settings,
 )
 from mlex_tomo.tiled_layout import connect, ensure_containers
@@ -131,10 +132,11 @@ class Services:
     """Broker, Tiled and an ingester in `data_dir`, each started and stopped at will."""
 
     def __init__(self, data_dir: Path, **ingester_settings) -> None:
-        tiled, stomp_port, openwire = free_ports(3)
+        tiled, stomp_port, openwire, ui = free_ports(4)
         self.settings: StackSettings = load_settings(
             overrides={
                 "data_dir": str(data_dir),
+                "ui": {"port": ui, "scan_refresh_seconds": 1},
                 "tiled": {"port": tiled, "api_key": secrets.token_hex(32)},
                 "broker": {"stomp_port": stomp_port, "openwire_port": openwire},
                 "ingester": {"file_wait_seconds": 2, "reconnect_max_seconds": 2, **ingester_settings},
@@ -174,6 +176,8 @@ class Services:
             self.stop(name)
 
     def _service(self, name: str) -> Service:
+        if name == "ui":
+            return ui_service(self.settings)
         if name == "broker":
             return broker_service(self.settings)
         if name == "tiled":

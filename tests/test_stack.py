@@ -23,7 +23,7 @@ from tests.services import RunningStack
 
 pytestmark = pytest.mark.stack
 
-SERVICES = ("broker", "tiled", "prefect", "worker", "ingester")
+SERVICES = ("broker", "tiled", "prefect", "worker", "ingester", "ui")
 
 
 @pytest.fixture(scope="module")
@@ -167,7 +167,7 @@ def test_services_with_an_external_address_are_not_started(tmp_path):
     )
     servers, clients = embedded_services(settings)
     assert [service.name for service in servers] == ["prefect"]
-    assert [service.name for service in clients] == ["worker", "ingester"]
+    assert [service.name for service in clients] == ["worker", "ingester", "ui"]
     assert settings.broker.stomp_address == ("broker.facility", 61613)
     assert settings.tiled.base_url == "http://tiled.facility:8000"
 

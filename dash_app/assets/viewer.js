@@ -1,4 +1,6 @@
 // Builds the slice figure in the browser around an image URL, and moves through slices with keys.
+const viewerState = { index: null, last: 0 };  // the slice shown, as the figure was last drawn
+
 window.dash_clientside = Object.assign({}, window.dash_clientside, {
   mlexTomo: {
     sliceFigure: function (defaults, axis, index, window) {
@@ -22,7 +24,10 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
           dragmode: "pan", uirevision: `${defaults.scan}/${axis}`,
         },
       };
-      return [figure, `${axis} = ${index} / ${defaults.shape[axes.indexOf(axis)] - 1}`];
+      const last = defaults.shape[axes.indexOf(axis)] - 1;
+      viewerState.index = index;
+      viewerState.last = last;
+      return [figure, `${axis} = ${index} / ${last}`];
     },
   },
 });
@@ -33,14 +38,10 @@ document.addEventListener("keydown", function (event) {
   if (!(event.key in steps) || ["INPUT", "TEXTAREA"].includes(event.target.tagName)) {
     return;
   }
-  const slider = document.getElementById("slice-index");
-  if (!slider || !window.dash_clientside.set_props) {
+  if (viewerState.index === null || !window.dash_clientside.set_props) {
     return;
   }
-  const handle = slider.querySelector("[role=slider]");
-  const maximum = Number(handle ? handle.getAttribute("aria-valuemax") : 0);
-  const current = Number(handle ? handle.getAttribute("aria-valuenow") : 0);
-  const next = Math.min(maximum, Math.max(0, current + steps[event.key]));
+  const next = Math.min(viewerState.last, Math.max(0, viewerState.index + steps[event.key]));
   window.dash_clientside.set_props("slice-index", { value: next });
   event.preventDefault();
 });

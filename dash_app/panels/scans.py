@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dash import Dash, Input, Output, dcc, html
+from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from dash_app.volumes import ScanLibrary, ScanSummary
 from mlex_tomo.settings import StackSettings
@@ -22,13 +22,14 @@ def layout(settings: StackSettings) -> html.Div:
 
 def option(scan: ScanSummary) -> dict:
     shape = " x ".join(str(extent) for extent in scan.shape)
-    return {"label": f"{scan.key}  ({shape}, {scan.dtype})", "value": scan.key, "search": scan.key}
+    return {"label": f"{scan.key} ({shape}, {scan.dtype})", "value": scan.key, "search": scan.key}
 
 
 def register_callbacks(app: Dash, library: ScanLibrary) -> None:
-    @app.callback(Output("scan", "options"), Input("scan-refresh", "n_intervals"))
-    def list_scans(_: int | None) -> list[dict]:
-        return [option(scan) for scan in library.scans()]
+    @app.callback(Output("scan", "options"), Input("scan-refresh", "n_intervals"), State("scan", "options"))
+    def list_scans(_: int | None, shown: list[dict] | None) -> list[dict]:
+        options = [option(scan) for scan in library.scans()]
+        return no_update if options == shown else options  # an open list must not be redrawn under the pointer
 
     @app.callback(Output("scan-details", "children"), Input("scan", "value"), Input("scan", "options"))
     def describe(scan: str | None, options: list[dict] | None) -> list:

@@ -1,0 +1,59 @@
+"""Annotations in Tiled: `/masks/<scan>/<mask_id>/mask`, as the contract describes.
+
+The mask node's metadata carries the strokes too, so the newest mask of a scan is also
+where the app finds the annotation to keep editing after a reload or a restart.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from dash_app.annotations import Annotations, to_mask
+from mlex_tomo.tiled_layout import MASKS
+
+MASK_KEY = "mask"
+
+
+def save_annotations(tiled: Any, annotations: Annotations, data_uri: str, created_by: str) -> str | None:
+    """Store the mask (once per content) and return its node path, or None when nothing is painted."""
+    mask_idx, labels, classes = to_mask(annotations)
+    if not mask_idx:
+        return None
+    mask_id = annotations.mask_id()
+    path = f"{MASKS}/{annotations.scan}/{mask_id}/{MASK_KEY}"
+    scan_masks = _child_container(tiled[MASKS], annotations.scan)
+    if mask_id in scan_masks:
+        return path
+    metadata = {
+        "data_uri": data_uri,
+        "mask_idx": mask_idx,
+        "classes": classes,
+        "created_by": created_by,
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "annotations": annotations.model_dump(mode="json"),
+    }
+    scan_masks.create_container(mask_id, metadata={"created_at": metadata["created_at"]}).write_array(
+        labels, key=MASK_KEY, metadata=metadata
+    )
+    return path
+
+
+def latest_annotations(tiled: Any, scan: str) -> tuple[str, Annotations] | None:
+    """(node path, annotations) of the scan's most recently saved mask."""
+    masks = tiled[MASKS]
+    if scan not in masks:
+        return None
+    newest = None
+    for mask_id, node in masks[scan].items():
+        created_at = node.metadata.get("created_at", "")
+        if newest is None or created_at > newest[0]:
+            newest = (created_at, mask_id)
+    if newest is None:
+        return None
+    mask = masks[scan][newest[1]][MASK_KEY]
+    return f"{MASKS}/{scan}/{newest[1]}/{MASK_KEY}", Annotations.model_validate(mask.metadata["annotations"])
+
+
+def _child_container(parent: Any, key: str) -> Any:
+    return parent[key] if key in parent else parent.create_container(key)

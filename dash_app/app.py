@@ -12,7 +12,8 @@ import secrets
 from dash import Dash, dcc, html
 from flask import Flask, Response, request
 
-from dash_app.panels import scans, status, viewer
+from dash_app.masks import MaskOverlays
+from dash_app.panels import annotate, scans, status, viewer
 from dash_app.routes import slice_routes
 from dash_app.volumes import ScanLibrary
 from mlex_tomo.settings import StackSettings
@@ -25,7 +26,7 @@ def create_app(settings: StackSettings) -> Dash:
     server = Flask(__name__)
     server.add_url_rule("/healthz", "healthz", lambda: "ok")
     library = ScanLibrary(lambda: connect(settings), settings.ui.image_cache_mib * 2**20)
-    server.register_blueprint(slice_routes(library))
+    server.register_blueprint(slice_routes(library, MaskOverlays(lambda: connect(settings))))
     if settings.ui.login_required:
         _require_basic_auth(server, settings)
     app = Dash(__name__, server=server, title=TITLE, update_title=None, suppress_callback_exceptions=True)
@@ -36,7 +37,7 @@ def create_app(settings: StackSettings) -> Dash:
             html.Main(
                 className="main",
                 children=[
-                    html.Aside(className="sidebar", children=[scans.layout(settings)]),
+                    html.Aside(className="sidebar", children=[scans.layout(settings), annotate.layout()]),
                     html.Section(className="workspace", children=[viewer.layout()]),
                 ],
             ),
@@ -45,6 +46,7 @@ def create_app(settings: StackSettings) -> Dash:
     )
     scans.register_callbacks(app, library)
     viewer.register_callbacks(app, library)
+    annotate.register_callbacks(app, settings)
     status.register_callbacks(app, settings)
     return app
 

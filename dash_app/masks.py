@@ -9,7 +9,10 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from dash_app.annotations import Annotations, to_mask
+import numpy as np
+
+from dash_app.annotations import UNLABELLED, Annotations, to_mask
+from dash_app.imaging import colour_labels
 from mlex_tomo.tiled_layout import MASKS
 
 MASK_KEY = "mask"
@@ -57,3 +60,37 @@ def latest_annotations(tiled: Any, scan: str) -> tuple[str, Annotations] | None:
 
 def _child_container(parent: Any, key: str) -> Any:
     return parent[key] if key in parent else parent.create_container(key)
+
+
+class MaskOverlays:
+    """Coloured overlays of saved masks' slices; masks never change (content hash), so they are kept."""
+
+    def __init__(self, connect: Any, capacity: int = 64) -> None:
+        self.connect = connect
+        self.capacity = capacity
+        self.masks: dict[tuple[str, str], tuple[dict[int, int], Any, dict[int, tuple[int, int, int]]]] = {}
+
+    def overlay(self, scan: str, mask_id: str, z: int, shape: tuple[int, int]) -> Any:
+        row_of, labels, colours = self._mask(scan, mask_id)
+        if z not in row_of:
+            return colour_labels(np.full(shape, UNLABELLED, np.int8), {})
+        return colour_labels(labels[row_of[z]], colours)
+
+    def _mask(self, scan: str, mask_id: str):
+        key = (scan, mask_id)
+        if key not in self.masks:
+            masks = self.connect()[MASKS]
+            if scan not in masks or mask_id not in masks[scan]:
+                raise LookupError(f"no mask {mask_id!r} for scan {scan!r}")
+            node = masks[scan][mask_id][MASK_KEY]
+            metadata = dict(node.metadata)
+            row_of = {int(z): row for row, z in enumerate(metadata["mask_idx"])}
+            colours = {int(index): _rgb(info["color"]) for index, info in metadata["classes"].items()}
+            if len(self.masks) >= self.capacity:
+                self.masks.pop(next(iter(self.masks)))
+            self.masks[key] = (row_of, np.asarray(node.read()), colours)
+        return self.masks[key]
+
+
+def _rgb(colour: str) -> tuple[int, int, int]:
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)

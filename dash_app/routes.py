@@ -9,15 +9,31 @@ from __future__ import annotations
 from flask import Blueprint, Response, jsonify, request
 
 from dash_app.imaging import downsample, encode, to_display
-from dash_app.volumes import InvalidSlice, ScanLibrary, ScanNotFound
+from dash_app.masks import MaskOverlays
+from dash_app.volumes import InvalidSlice, ScanLibrary, ScanNotFound, check_slice
 
 DEFAULT_MAX_SIZE = 1024
 LARGEST_MAX_SIZE = 8192
 IMAGE_CACHE_SECONDS = 3600  # a slice of a registered scan never changes
 
 
-def slice_routes(library: ScanLibrary) -> Blueprint:
+def slice_routes(library: ScanLibrary, overlays: MaskOverlays) -> Blueprint:
     routes = Blueprint("slices", __name__)
+
+    @routes.get("/masks/<scan>/<mask_id>/<int:z>.png")
+    def mask_overlay(scan: str, mask_id: str, z: int) -> Response:
+        """The painted labels of slice z in their classes' colours, transparent elsewhere."""
+        try:
+            shape = library.volume(scan).shape
+            check_slice(shape, "z", z)
+            image = overlays.overlay(scan, mask_id, z, shape[1:])
+        except (ScanNotFound, LookupError) as error:
+            return _problem(404, str(error))
+        except InvalidSlice as error:
+            return _problem(400, str(error))
+        response = Response(encode(image, "png"), mimetype="image/png")
+        response.headers["Cache-Control"] = f"private, max-age={IMAGE_CACHE_SECONDS}"
+        return response
 
     @routes.get("/slices/<scan>/<axis>/<int:index>.<image_format>")
     def slice_image(scan: str, axis: str, index: int, image_format: str) -> Response:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 from playwright.sync_api import Page, expect, sync_playwright
 
@@ -99,3 +100,56 @@ def test_a_newly_ingested_scan_appears_without_a_reload(page, services):
     write_scan(services, "fresh", "2026-11-23T06:00:00+00:00")
     page.click("#scan")
     expect(page.get_by_role("option", name="fresh (64 x 64 x 64, float32)")).to_be_visible()
+
+
+def paint(page: Page, start: tuple[int, int], end: tuple[int, int]) -> None:
+    """Drag across the slice view, as a person paints, in screen pixels from its corner."""
+    box = page.locator("#slice-view .nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + start[0], box["y"] + start[1])
+    page.mouse.down()
+    for step in range(1, 11):
+        page.mouse.move(
+            box["x"] + start[0] + (end[0] - start[0]) * step / 10, box["y"] + start[1] + (end[1] - start[1]) * step / 10
+        )
+    page.mouse.up()
+
+
+def overlay_source(page: Page) -> str | None:
+    return page.evaluate(
+        "() => { const image = [...document.querySelectorAll('#slice-view image')]"
+        ".find(element => (element.getAttribute('href') || '').includes('/masks/'));"
+        " return image ? image.getAttribute('href') : null; }"
+    )
+
+
+def test_paint_two_classes_undo_redo_and_find_the_strokes_after_a_reload(page, services):
+    write_scan(services, "painted", "2026-11-23T04:00:00+00:00")
+    page.reload()
+    pick_scan(page, "painted (64 x 64 x 64, float32)")
+    expect(page.locator("#slice-label")).to_have_text("z = 32 / 63")
+    paint(page, (200, 200), (400, 260))
+    expect(page.locator("#annotation-status")).to_have_text("1 strokes on 1 slices, saved.")
+    page.get_by_text("class 2").click()
+    paint(page, (250, 400), (450, 420))
+    expect(page.locator("#annotation-status")).to_have_text("2 strokes on 1 slices, saved.")
+    page.wait_for_function("() => document.querySelectorAll('#slice-view image').length === 2")
+    assert "/masks/painted/" in overlay_source(page) and overlay_source(page).endswith("/32.png")
+
+    page.get_by_role("button", name="Undo").click()
+    expect(page.locator("#annotation-status")).to_have_text("1 strokes on 1 slices, saved.")
+    page.get_by_role("button", name="Redo").click()
+    expect(page.locator("#annotation-status")).to_have_text("2 strokes on 1 slices, saved.")
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "painting.png")
+    saved = overlay_source(page)
+
+    page.reload()
+    pick_scan(page, "painted (64 x 64 x 64, float32)")
+    expect(page.locator("#slice-label")).to_have_text("z = 32 / 63")
+    page.wait_for_function("() => document.querySelectorAll('#slice-view image').length === 2")
+    assert overlay_source(page) == saved
+    mask = services.tiled()["masks"]["painted"]
+    newest = max(mask, key=lambda key: mask[key].metadata["created_at"])
+    labels = mask[newest]["mask"].read()
+    assert mask[newest]["mask"].metadata["mask_idx"] == [32]
+    assert set(np.unique(labels)) == {-1, 0, 1}

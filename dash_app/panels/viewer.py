@@ -104,4 +104,6 @@ def register_callbacks(app: Dash, library: ScanLibrary) -> None:
         ClientsideFunction(namespace="mlexTomo", function_name="sliceFigure"),
         Output("slice-view", "figure"), Output("slice-label", "children"),
         Input("display-defaults", "data"), Input("axis", "value"), Input("slice-index", "value"), Input("window", "value"),
+        Input("tool", "value"), Input("brush-size", "value"), Input("active-class", "value"),
+        Input("annotations", "data"), Input("mask-path", "data"),
     )

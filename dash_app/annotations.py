@@ -19,6 +19,8 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 UNLABELLED = -1
 MAX_CLASSES = 254  # rasterised as class + 1 in an 8-bit image, 0 meaning unlabelled
 
+PALETTE = ("#e6194b", "#3cb4e6", "#ffe119", "#3cb44b", "#f58231", "#911eb4", "#f032e6", "#bcf60c", "#fabebe")
+
 Point = tuple[float, float]  # (x, y) in pixels of the slice
 
 

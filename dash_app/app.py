@@ -13,7 +13,9 @@ from dash import Dash, dcc, html
 from flask import Flask, Response, request
 
 from dash_app.masks import MaskOverlays
-from dash_app.panels import annotate, scans, status, viewer
+from dash_app.results import ResultOverlays
+from dash_app.panels import annotate, jobs, scans, status, viewer
+from dash_app.panels import results as results_panel
 from dash_app.routes import slice_routes
 from dash_app.volumes import ScanLibrary
 from mlex_tomo.settings import StackSettings
@@ -26,7 +28,8 @@ def create_app(settings: StackSettings) -> Dash:
     server = Flask(__name__)
     server.add_url_rule("/healthz", "healthz", lambda: "ok")
     library = ScanLibrary(lambda: connect(settings), settings.ui.image_cache_mib * 2**20)
-    server.register_blueprint(slice_routes(library, MaskOverlays(lambda: connect(settings))))
+    results = ResultOverlays(lambda: connect(settings))
+    server.register_blueprint(slice_routes(library, MaskOverlays(lambda: connect(settings)), results))
     if settings.ui.login_required:
         _require_basic_auth(server, settings)
     app = Dash(__name__, server=server, title=TITLE, update_title=None, suppress_callback_exceptions=True)
@@ -39,8 +42,10 @@ def create_app(settings: StackSettings) -> Dash:
                 children=[
                     html.Aside(className="sidebar", children=[scans.layout(settings), annotate.layout()]),
                     html.Section(className="workspace", children=[viewer.layout()]),
+                    html.Aside(className="sidebar jobs-column", children=[jobs.layout(settings), results_panel.layout()]),
                 ],
             ),
+            jobs.notifications_layout(),
             dcc.Store(id="display-defaults"),
         ],
     )
@@ -48,6 +53,8 @@ def create_app(settings: StackSettings) -> Dash:
     viewer.register_callbacks(app, library)
     annotate.register_callbacks(app, settings)
     status.register_callbacks(app, settings)
+    jobs.register_callbacks(app, settings)
+    results_panel.register_callbacks(app, results)
     return app
 
 

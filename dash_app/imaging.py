@@ -73,3 +73,8 @@ def colour_labels(labels: NDArray[np.integer], colours: dict[int, tuple[int, int
             continue
         overlay[labels == label] = (red, green, blue, 255)
     return overlay
+
+
+def rgb(colour: str) -> tuple[int, int, int]:
+    """`#rrggbb` as integers."""
+    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from dash_app.annotations import UNLABELLED, Annotations, to_mask
-from dash_app.imaging import colour_labels
+from dash_app.imaging import colour_labels, rgb
 from mlex_tomo.tiled_layout import MASKS
 
 MASK_KEY = "mask"
@@ -70,11 +70,11 @@ class MaskOverlays:
         self.capacity = capacity
         self.masks: dict[tuple[str, str], tuple[dict[int, int], Any, dict[int, tuple[int, int, int]]]] = {}
 
-    def overlay(self, scan: str, mask_id: str, z: int, shape: tuple[int, int]) -> Any:
+    def overlay(self, scan: str, mask_id: str, z: int, shape: tuple[int, int], hidden: set[int] = frozenset()) -> Any:
         row_of, labels, colours = self._mask(scan, mask_id)
         if z not in row_of:
             return colour_labels(np.full(shape, UNLABELLED, np.int8), {})
-        return colour_labels(labels[row_of[z]], colours)
+        return colour_labels(labels[row_of[z]], colours, hidden)
 
     def _mask(self, scan: str, mask_id: str):
         key = (scan, mask_id)
@@ -85,12 +85,8 @@ class MaskOverlays:
             node = masks[scan][mask_id][MASK_KEY]
             metadata = dict(node.metadata)
             row_of = {int(z): row for row, z in enumerate(metadata["mask_idx"])}
-            colours = {int(index): _rgb(info["color"]) for index, info in metadata["classes"].items()}
+            colours = {int(index): rgb(info["color"]) for index, info in metadata["classes"].items()}
             if len(self.masks) >= self.capacity:
                 self.masks.pop(next(iter(self.masks)))
             self.masks[key] = (row_of, np.asarray(node.read()), colours)
         return self.masks[key]
-
-
-def _rgb(colour: str) -> tuple[int, int, int]:
-    return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)

@@ -10,6 +10,7 @@ from flask import Blueprint, Response, jsonify, request
 
 from dash_app.imaging import downsample, encode, to_display
 from dash_app.masks import MaskOverlays
+from dash_app.results import ResultNotFound, ResultOverlays
 from dash_app.volumes import InvalidSlice, ScanLibrary, ScanNotFound, check_slice
 
 DEFAULT_MAX_SIZE = 1024
@@ -17,23 +18,34 @@ LARGEST_MAX_SIZE = 8192
 IMAGE_CACHE_SECONDS = 3600  # a slice of a registered scan never changes
 
 
-def slice_routes(library: ScanLibrary, overlays: MaskOverlays) -> Blueprint:
+def slice_routes(library: ScanLibrary, masks: MaskOverlays, results: ResultOverlays) -> Blueprint:
     routes = Blueprint("slices", __name__)
 
     @routes.get("/masks/<scan>/<mask_id>/<int:z>.png")
     def mask_overlay(scan: str, mask_id: str, z: int) -> Response:
-        """The painted labels of slice z in their classes' colours, transparent elsewhere."""
+        """The painted labels of slice z in their classes' colours (less `hidden`), transparent elsewhere."""
         try:
             shape = library.volume(scan).shape
             check_slice(shape, "z", z)
-            image = overlays.overlay(scan, mask_id, z, shape[1:])
+            image = masks.overlay(scan, mask_id, z, shape[1:], _hidden_classes())
         except (ScanNotFound, LookupError) as error:
             return _problem(404, str(error))
-        except InvalidSlice as error:
+        except (InvalidSlice, ValueError) as error:
             return _problem(400, str(error))
-        response = Response(encode(image, "png"), mimetype="image/png")
-        response.headers["Cache-Control"] = f"private, max-age={IMAGE_CACHE_SECONDS}"
-        return response
+        return _png(image, cacheable=True)
+
+    @routes.get("/results/<scan>/<job_id>/<int:z>.png")
+    def result_overlay(scan: str, job_id: str, z: int) -> Response:
+        """A job's labels of slice z; cached by the browser only once the job has finished."""
+        try:
+            shape = library.volume(scan).shape
+            check_slice(shape, "z", z)
+            image, final = results.overlay(job_id, z, shape[1:], _hidden_classes())
+        except (ScanNotFound, ResultNotFound) as error:
+            return _problem(404, str(error))
+        except (InvalidSlice, ValueError) as error:
+            return _problem(400, str(error))
+        return _png(image, cacheable=final)
 
     @routes.get("/slices/<scan>/<axis>/<int:index>.<image_format>")
     def slice_image(scan: str, axis: str, index: int, image_format: str) -> Response:
@@ -81,6 +93,21 @@ def _window_arguments(library: ScanLibrary, scan: str) -> tuple[float, float, in
     if not high > low:
         raise ValueError(f"high ({high:g}) must exceed low ({low:g})")
     return low, high, max_size
+
+
+def _hidden_classes() -> set[int]:
+    """`hidden=0,2`: the classes an overlay leaves out."""
+    text = request.args.get("hidden", "")
+    try:
+        return {int(part) for part in text.split(",") if part.strip()}
+    except ValueError:
+        raise ValueError(f"hidden must be comma-separated class numbers, got {text!r}") from None
+
+
+def _png(image, cacheable: bool) -> Response:
+    response = Response(encode(image, "png"), mimetype="image/png")
+    response.headers["Cache-Control"] = f"private, max-age={IMAGE_CACHE_SECONDS}" if cacheable else "no-store"
+    return response
 
 
 def _problem(status: int, message: str) -> Response:

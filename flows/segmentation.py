@@ -13,6 +13,7 @@ Steps:
 
 from __future__ import annotations
 
+import re
 import sys
 import time
 from pathlib import Path
@@ -28,12 +29,13 @@ from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 from flows.job_runner import run_launched_job
 from flows.launchers import ContainerLauncher, JobResources, Launcher, LauncherName, ProcessLauncher, node_has_gpus
 from mlex_tomo.settings import StackSettings, load_settings
-from mlex_tomo.tiled_layout import RESULTS
+from mlex_tomo.tiled_layout import RESULTS, node_uri
 from segmentation.models import ModelParameters
 from segmentation.parameters import JOB_ID_PATTERN, Device, JobParameters
 
 JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$"
 PROGRESS_UPDATE_SECONDS = 1.0
+EPOCH_TABLE_UPDATE_SECONDS = 5.0  # each update is a new artifact version: often enough for a live loss plot
 TRAINING_SHARE = 0.8  # of a train-and-segment job's progress bar
 
 
@@ -89,15 +91,21 @@ class SegmentationFailed(RuntimeError):
     """The job exited non-zero; the message carries its last words."""
 
 
+def step_job_ids(request: SegmentationRequest, flow_run_id: str) -> dict[str, str]:
+    """Step ("train", "infer") -> the job id it runs under, which is also its result's key in Tiled."""
+    steps = {"train": ["train"], "infer": ["infer"], "train_and_infer": ["train", "infer"]}[request.steps]
+    return {step: f"{request.job_name}-{str(flow_run_id)[:8]}-{step}" for step in steps}
+
+
 @flow(name="segmentation")
 def segmentation(request: SegmentationRequest) -> list[StepOutcome]:
-    run_id = str(flow_run.id or "local")[:8]
+    job_ids = step_job_ids(request, str(flow_run.id or "local"))
     outcomes = []
-    if request.steps in ("train", "train_and_infer"):
-        outcomes.append(run_step(request, f"{request.job_name}-{run_id}-train", "train_infer", None))
-    if request.steps in ("infer", "train_and_infer"):
+    if "train" in job_ids:
+        outcomes.append(run_step(request, job_ids["train"], "train_infer", None))
+    if "infer" in job_ids:
         model_job = request.trained_job_id if request.steps == "infer" else outcomes[-1].job_id
-        outcomes.append(run_step(request, f"{request.job_name}-{run_id}-infer", "infer", model_job))
+        outcomes.append(run_step(request, job_ids["infer"], "infer", model_job))
     if outcomes[-1].result_uri:
         create_link_artifact(
             key="segmentation-result",
@@ -123,7 +131,7 @@ def run_step(
         job_id=job_id,
         data_uri=request.data_uri,
         mask_uri=request.mask_uri,
-        result_uri=f"{settings.tiled.base_url}/api/v1/metadata/{RESULTS}",
+        result_uri=node_uri(settings, RESULTS),
         model=request.model if task_name == "train_infer" else None,
         trained_job_id=trained_job_id,
         models_dir=settings.models_path,
@@ -198,13 +206,15 @@ class ProgressReporter:
         )
         self.epochs: list[dict[str, Any]] = []
         self.metrics: dict[str, Any] = {}
-        self.percent, self.updated_at = 0.0, 0.0
+        self.percent, self.updated_at, self.epochs_published_at = 0.0, 0.0, 0.0
 
     def handle(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "epoch":
             self.epochs.append({key: event.get(key) for key in ("epoch", "loss", "val_score", "seconds")})
             self.set_percent(TRAINING_SHARE * event["epoch"] / event["of"])
+            if time.monotonic() - self.epochs_published_at >= EPOCH_TABLE_UPDATE_SECONDS:
+                self.publish_epochs()
         elif kind == "trained":
             self.publish_epochs()
             self.set_percent(TRAINING_SHARE if self.trains else 0.0, force=True)
@@ -224,10 +234,16 @@ class ProgressReporter:
     def publish_epochs(self) -> None:
         if self.epochs:
             create_table_artifact(
-                key=f"epochs-{self.job_id.lower().replace('_', '-').replace('.', '-')}",
+                key=epochs_artifact_key(self.job_id),
                 table=self.epochs,
                 description=f"Training of job {self.job_id}: loss and validation mean IoU per epoch",
             )
+            self.epochs_published_at = time.monotonic()
 
     def close(self) -> None:
         update_progress_artifact(self.artifact_id, progress=self.percent)
+
+
+def epochs_artifact_key(job_id: str) -> str:
+    """Artifact keys allow only lower-case letters, digits and dashes."""
+    return "epochs-" + re.sub(r"[^a-z0-9-]", "-", job_id.lower())

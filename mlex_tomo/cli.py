@@ -19,6 +19,7 @@ from mlex_tomo.settings import (
     parse_dotted_overrides,
     settings_as_yaml,
 )
+from mlex_tomo.tiled_layout import RECONS, node_uri
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -211,7 +212,7 @@ def _simulate_scan(settings: StackSettings, arguments: argparse.Namespace) -> in
         print(f"mlex-tomo: not served by Tiled after {arguments.wait:g} s; is the ingester running?", file=sys.stderr)
         return EXIT_FAILURE
     elapsed = time.monotonic() - announced_at
-    print(f"browsable at {settings.tiled.base_url}/api/v1/metadata/recons/{node} {elapsed:.2f} s after the announcement")
+    print(f"browsable at {node_uri(settings, f'{RECONS}/{node}')} {elapsed:.2f} s after the announcement")
     return EXIT_OK
 
 
@@ -219,7 +220,7 @@ def _wait_until_served(settings: StackSettings, name: str, path: Path, timeout: 
     import httpx
 
     deadline = time.monotonic() + timeout
-    url = f"{settings.tiled.base_url}/api/v1/metadata/recons/{name}"
+    url = node_uri(settings, f"{RECONS}/{name}")
     while time.monotonic() < deadline:
         try:
             response = httpx.get(url, timeout=5)

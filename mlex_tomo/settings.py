@@ -99,6 +99,11 @@ class PrefectSettings(Section):
         return (self.api_url or f"http://{self.host}:{self.port}/api").rstrip("/")
 
     @property
+    def ui_url(self) -> str:
+        """Prefect's web UI, served beside its API."""
+        return self.resolved_api_url.removesuffix("/api")
+
+    @property
     def embedded(self) -> bool:
         return self.api_url is None
 
@@ -203,6 +208,7 @@ class UISettings(Section):
     image_cache_mib: int = Field(default=256, ge=0, le=65536, description="Memory for slices read from Tiled.")
     scan_refresh_seconds: float = Field(default=5.0, gt=0, description="How often the scan list looks for new scans.")
     status_refresh_seconds: float = Field(default=10.0, gt=0, description="How often the status panel probes services.")
+    jobs_refresh_seconds: float = Field(default=2.0, gt=0, description="How often the job list follows runs in Prefect.")
 
     @model_validator(mode="after")
     def _load_secret(self) -> UISettings:

@@ -45,6 +45,11 @@ class ReconstructionMetadata(BaseModel):
     producer_message: dict[str, Any] = {}
 
 
+def node_uri(settings: StackSettings, path: str) -> str:
+    """The URI by which jobs and flows name a node (`recons/<scan>`, `masks/...`)."""
+    return f"{settings.tiled.base_url}/api/v1/metadata/{path.strip('/')}"
+
+
 def connect(settings: StackSettings, *, writable: bool = False) -> Container:
     """A Tiled client for the configured server; `writable` insists on the API key."""
     from tiled.client import from_uri

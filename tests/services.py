@@ -66,9 +66,10 @@ class RunningStack:
     """`mlex-tomo up` as a user runs it, in the background, on free ports."""
 
     def __init__(self, data_dir: Path) -> None:
-        tiled, prefect, stomp, openwire = free_ports(4)
+        tiled, prefect, stomp, openwire, ui = free_ports(5)
         self.arguments = [
             "--data-dir", str(data_dir),
+            "--ui.port", str(ui),
             "--tiled.port", str(tiled),
             "--prefect.port", str(prefect),
             "--broker.stomp_port", str(stomp),

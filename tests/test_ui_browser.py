@@ -2,34 +2,14 @@
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-
 import numpy as np
 import pytest
-from playwright.sync_api import Page, expect, sync_playwright
+from playwright.sync_api import Page, expect
 
-from mlex_tomo.phantom import PhantomSpec, generate
+from tests.browser import SCREENSHOTS, WAIT_MILLISECONDS, needs_chromium, paint, pick_scan, wait_for_overlay, write_scan
 from tests.services import Services
 
-pytestmark = [
-    pytest.mark.stack,
-    pytest.mark.skipif(shutil.which("chromium") is None, reason="chromium is not installed (make test installs it)"),
-]
-
-SCREENSHOTS = Path(__file__).resolve().parents[1] / "docs" / "screenshots"
-CHROMIUM_ARGUMENTS = [
-    "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--no-first-run",
-]
-WAIT_MILLISECONDS = 30_000
-expect.set_options(timeout=WAIT_MILLISECONDS)  # a 2-core CI runner needs more than the default 5 s
-
-
-def write_scan(services: Services, key: str, ingested_at: str) -> None:
-    image, _ = generate(PhantomSpec(shape=(64, 64, 64), seed=1))
-    metadata = {"shape": [64, 64, 64], "dtype": "float32", "format": "nxtomo", "ingested_at": ingested_at}
-    services.tiled(writable=True)["recons"].create_container(key, metadata=metadata).write_array(image, key="data")
+pytestmark = [pytest.mark.stack, needs_chromium]
 
 
 @pytest.fixture(scope="module")
@@ -37,19 +17,11 @@ def services(tmp_path_factory):
     services = Services(tmp_path_factory.mktemp("ui-browser"))
     try:
         services.start("tiled")
-        write_scan(services, "sample", "2026-11-23T05:00:00+00:00")
+        write_scan(services.tiled(writable=True), "sample", "2026-11-23T05:00:00+00:00")
         services.start("ui")
         yield services
     finally:
         services.stop_all()
-
-
-@pytest.fixture(scope="module")
-def browser():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=shutil.which("chromium"), args=CHROMIUM_ARGUMENTS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture
@@ -59,11 +31,6 @@ def page(browser, services) -> Page:
     page.goto(services.settings.ui.url)
     yield page
     page.close()
-
-
-def pick_scan(page: Page, label: str) -> None:
-    page.click("#scan")
-    page.get_by_role("option", name=label).click()
 
 
 def test_pick_a_scan_and_move_through_slices_with_the_keys(page):
@@ -98,57 +65,38 @@ def test_another_axis_shows_its_own_extent(page):
 
 def test_a_newly_ingested_scan_appears_without_a_reload(page, services):
     expect(page.locator("#service-status")).to_contain_text("tiled")
-    write_scan(services, "fresh", "2026-11-23T06:00:00+00:00")
+    write_scan(services.tiled(writable=True), "fresh", "2026-11-23T06:00:00+00:00")
     page.click("#scan")
     expect(page.get_by_role("option", name="fresh (64 x 64 x 64, float32)")).to_be_visible()
 
 
-def paint(page: Page, start: tuple[int, int], end: tuple[int, int]) -> None:
-    """Drag across the slice view, as a person paints, in screen pixels from its corner."""
-    box = page.locator("#slice-view .nsewdrag").first.bounding_box()
-    page.mouse.move(box["x"] + start[0], box["y"] + start[1])
-    page.mouse.down()
-    for step in range(1, 11):
-        page.mouse.move(
-            box["x"] + start[0] + (end[0] - start[0]) * step / 10, box["y"] + start[1] + (end[1] - start[1]) * step / 10
-        )
-    page.mouse.up()
-
-
-def overlay_source(page: Page) -> str | None:
-    return page.evaluate(
-        "() => { const image = [...document.querySelectorAll('#slice-view image')]"
-        ".find(element => (element.getAttribute('href') || '').includes('/masks/'));"
-        " return image ? image.getAttribute('href') : null; }"
-    )
-
-
 def test_paint_two_classes_undo_redo_and_find_the_strokes_after_a_reload(page, services):
-    write_scan(services, "painted", "2026-11-23T04:00:00+00:00")
+    write_scan(services.tiled(writable=True), "painted", "2026-11-23T04:00:00+00:00")
     page.reload()
     pick_scan(page, "painted (64 x 64 x 64, float32)")
     expect(page.locator("#slice-label")).to_have_text("z = 32 / 63")
     paint(page, (200, 200), (400, 260))
     expect(page.locator("#annotation-status")).to_have_text("1 strokes on 1 slices, saved.")
+    one_stroke = wait_for_overlay(page, lambda source: source is not None)
     page.get_by_text("class 2").click()
     paint(page, (250, 400), (450, 420))
     expect(page.locator("#annotation-status")).to_have_text("2 strokes on 1 slices, saved.")
-    page.wait_for_function("() => document.querySelectorAll('#slice-view image').length === 2")
-    assert "/masks/painted/" in overlay_source(page) and overlay_source(page).endswith("/32.png")
+    two_strokes = wait_for_overlay(page, lambda source: source not in (None, one_stroke))
+    assert two_strokes.startswith("/masks/painted/") and two_strokes.endswith("/32.png")
 
     page.get_by_role("button", name="Undo").click()
     expect(page.locator("#annotation-status")).to_have_text("1 strokes on 1 slices, saved.")
+    wait_for_overlay(page, lambda source: source == one_stroke)
     page.get_by_role("button", name="Redo").click()
     expect(page.locator("#annotation-status")).to_have_text("2 strokes on 1 slices, saved.")
+    wait_for_overlay(page, lambda source: source == two_strokes)
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "painting.png")
-    saved = overlay_source(page)
 
     page.reload()
     pick_scan(page, "painted (64 x 64 x 64, float32)")
     expect(page.locator("#slice-label")).to_have_text("z = 32 / 63")
-    page.wait_for_function("() => document.querySelectorAll('#slice-view image').length === 2")
-    assert overlay_source(page) == saved
+    wait_for_overlay(page, lambda source: source == two_strokes)
     mask = services.tiled()["masks"]["painted"]
     newest = max(mask, key=lambda key: mask[key].metadata["created_at"])
     labels = mask[newest]["mask"].read()

@@ -12,6 +12,7 @@ from PIL import Image
 from dash_app.app import create_app
 from dash_app.imaging import colour_labels, display_range, downsample, to_display
 from mlex_tomo.settings import load_settings
+from segmentation.tiled_io import ResultWriter
 from tests.services import Services
 
 VOLUME = (np.arange(6 * 40 * 50, dtype=np.float32).reshape(6, 40, 50) % 997) / 997
@@ -27,6 +28,19 @@ def services(tmp_path_factory):
         yield services
     finally:
         services.stop_all()
+
+
+RESULT_LABELS = np.array([[[0, 1], [2, 1]], [[2, 2], [0, 0]]], np.uint8).repeat(20, axis=1).repeat(25, axis=2)
+RESULT_CLASSES = {"0": {"label": "void", "color": "#000000"}, "1": {"label": "grain", "color": "#ff0000"}, "2": {"label": "pore", "color": "#0000ff"}}
+
+
+@pytest.fixture(scope="module")
+def result(services):
+    """A job's labels of slices 1 and 4, written as the segmentation job writes them; still running."""
+    metadata = {"job_id": "labels-job", "status": "running", "model": "RandomForest", "slices": [1, 4], "classes": RESULT_CLASSES}
+    writer = ResultWriter(services.tiled(writable=True)["results"], "labels-job", RESULT_LABELS.shape, metadata)
+    writer.write_labels(0, RESULT_LABELS)
+    return writer
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +100,12 @@ def test_display_defaults_come_from_percentiles_of_a_sample(client):
         ("/slices/scan/z/0.png?low=a&high=1", 400, "must be numbers"),
         ("/slices/scan/z/0.png?max_size=1000000", 400, "max_size must be within"),
         ("/scans/missing/display", 404, "no scan 'missing'"),
+        ("/results/scan/no-such-job/0.png", 404, "no result 'no-such-job'"),
+        ("/results/scan/labels-job/9.png", 400, "z index 9 is outside 0..5"),
+        ("/results/scan/labels-job/0.png?hidden=one", 400, "hidden must be comma-separated class numbers"),
     ],
 )
-def test_bad_requests_say_what_is_wrong(client, url, status, message):
+def test_bad_requests_say_what_is_wrong(client, result, url, status, message):
     response = client.get(url)
     assert response.status_code == status
     assert message in response.get_json()["error"]
@@ -106,6 +123,25 @@ def test_login_guards_every_route_but_the_health_check(services, tmp_path):
     right = base64.b64encode(b"beamline:s3cret-words").decode()
     assert guarded.get("/slices/scan/z/0.png", headers={"Authorization": f"Basic {right}"}).status_code == 200
     assert guarded.get("/healthz").status_code == 200
+
+
+@pytest.mark.stack
+def test_a_results_labels_are_overlaid_in_their_colours_less_the_hidden_classes(client, result):
+    response = client.get("/results/scan/labels-job/4.png?hidden=2")
+    assert response.status_code == 200 and response.mimetype == "image/png"
+    overlay = decoded(response)
+    assert overlay.shape == (40, 50, 4)
+    assert overlay[0, 0].tolist() == [0, 0, 0, 0]  # pore, hidden
+    assert decoded(client.get("/results/scan/labels-job/4.png"))[0, 0].tolist() == [0, 0, 255, 255]
+    assert overlay[25, 0].tolist() == [0, 0, 0, 255]  # void, shown in its colour
+    assert response.headers["Cache-Control"] == "no-store"  # the job may still write this slice
+    unsegmented = decoded(client.get("/results/scan/labels-job/2.png"))
+    assert unsegmented[..., 3].max() == 0
+
+    result.annotate(status="complete")
+    finished = client.get("/results/scan/labels-job/1.png")
+    assert decoded(finished)[0, 25].tolist() == [255, 0, 0, 255]
+    assert "max-age" in finished.headers["Cache-Control"]
 
 
 def test_window_maps_to_the_full_byte_range_and_clips():

@@ -3,7 +3,8 @@ const viewerState = { index: null, last: 0 };  // the slice shown, as the figure
 
 window.dash_clientside = Object.assign({}, window.dash_clientside, {
   mlexTomo: {
-    sliceFigure: function (defaults, axis, index, window, tool, brushSize, activeClass, annotations, maskPath) {
+    sliceFigure: function (defaults, axis, index, window, tool, brushSize, activeClass, annotations, maskPath,
+                           labelOpacity, visibleClasses, result, resultOpacity, resultClasses, viewport) {
       if (!defaults) {
         return [{ data: [], layout: { xaxis: { visible: false }, yaxis: { visible: false } } }, ""];
       }
@@ -12,20 +13,30 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       const [height, width] = shape;
       const [low, high] = window;
       const scan = encodeURIComponent(defaults.scan);
-      const images = [{
-        source: `/slices/${scan}/${axis}/${index}.jpeg?low=${low}&high=${high}&max_size=1024`,
-        xref: "x", yref: "y", x: 0, y: 0, sizex: width, sizey: height, sizing: "stretch", layer: "below",
-      }];
-      if (maskPath && axis === "z") {
-        const maskId = maskPath.split("/")[2];
-        images.push({
-          source: `/masks/${scan}/${maskId}/${index}.png`, name: "labels",
-          xref: "x", yref: "y", x: 0, y: 0, sizex: width, sizey: height, sizing: "stretch", layer: "above", opacity: 0.5,
-        });
+      const graph = document.getElementById("slice-view");
+      const maxSize = imageSize(graph, width, height, viewport && viewport.scan === defaults.scan ? viewport : null);
+      const layer = (source, name, opacity) => ({
+        source: source, name: name, xref: "x", yref: "y", x: 0, y: 0, sizex: width, sizey: height,
+        sizing: "stretch", layer: name === "slice" ? "below" : "above", opacity: opacity,
+      });
+      const images = [layer(`/slices/${scan}/${axis}/${index}.jpeg?low=${low}&high=${high}&max_size=${maxSize}`, "slice", 1)];
+      if (result && result.scan === defaults.scan && axis === "z") {
+        const hidden = result.classes.filter((label) => !(resultClasses || []).includes(label));
+        if (hidden.length < result.classes.length) {
+          const job = encodeURIComponent(result.job_id);
+          images.push(layer(`/results/${scan}/${job}/${index}.png?status=${result.status}${hiddenQuery(hidden)}`, "result", resultOpacity));
+        }
+      }
+      if (maskPath && axis === "z" && annotations) {
+        const ids = Object.keys(annotations.classes).map(Number).sort((a, b) => a - b);
+        const hidden = ids.flatMap((id, position) => (visibleClasses || []).includes(id) ? [] : [position]);
+        if (hidden.length < ids.length) {
+          const maskId = maskPath.split("/")[2];
+          images.push(layer(`/masks/${scan}/${maskId}/${index}.png${hiddenQuery(hidden).replace("&", "?")}`, "labels", labelOpacity));
+        }
       }
       const classInfo = annotations && annotations.classes[String(activeClass)];
       const colour = tool === "eraser" ? "#ffffff" : (classInfo ? classInfo.color : "#ffffff");
-      const graph = document.getElementById("slice-view");
       const pixelsPerVoxel = graph ? graph.clientWidth / Math.max(width, 1) : 1;
       const dragmode = { brush: "drawopenpath", eraser: "drawopenpath", polygon: "drawclosedpath", rectangle: "drawrect" }[tool] || "pan";
       const figure = {
@@ -43,12 +54,81 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
         },
       };
       const last = defaults.shape[axes.indexOf(axis)] - 1;
+      window.mlexTomoScan = defaults.scan;
       viewerState.index = index;
       viewerState.last = last;
       return [figure, `${axis} = ${index} / ${last}`];
     },
+
+    // A finished shape becomes a stroke now, with the tool and class chosen now: the
+    // server may still be saving the previous one (see dash_app/panels/annotate.py).
+    captureStroke: function (relayout, pending, applied, tool, activeClass, brushSize, index, axis, defaults) {
+      const shapes = relayout && relayout.shapes;
+      if (!shapes || !shapes.length || !defaults) {
+        return window.dash_clientside.no_update;
+      }
+      if (axis !== "z") {
+        window.dash_clientside.set_props("annotation-status", { children: "Labels are painted on z slices." });
+        return window.dash_clientside.no_update;
+      }
+      const stroke = strokeFromShape(shapes[shapes.length - 1], tool, activeClass, brushSize);
+      if (!stroke) {
+        return window.dash_clientside.no_update;
+      }
+      const waiting = (pending || []).filter((entry) => entry.seq > (applied || 0));
+      const seq = Math.max(applied || 0, ...waiting.map((entry) => entry.seq)) + 1;
+      return [...waiting, { seq: seq, scan: defaults.scan, z: index, stroke: stroke }];
+    },
   },
 });
+
+// A Plotly shape (in data coordinates, which are slice pixels) as a stroke of dash_app.annotations.
+function strokeFromShape(shape, tool, classId, width) {
+  if (shape.type === "rect") {
+    return { tool: "rectangle", class_id: classId, points: [[shape.x0, shape.y0], [shape.x1, shape.y1]] };
+  }
+  const points = [...(shape.path || "").matchAll(/[ML]\s*(-?[\d.eE+-]+)\s*,\s*(-?[\d.eE+-]+)/g)]
+    .map((match) => [Number(match[1]), Number(match[2])]);
+  if (!points.length) {
+    return null;
+  }
+  if (tool === "eraser") {
+    return { tool: "eraser", points: points, width: width };
+  }
+  return { tool: tool === "polygon" ? "polygon" : "brush", class_id: classId, points: points, width: width };
+}
+
+function hiddenQuery(hidden) {
+  return hidden.length ? `&hidden=${hidden.join(",")}` : "";
+}
+
+// The image resolution the view needs: its screen pixels across the visible part of the
+// slice, rounded up to a power of two so that zooming a little reuses cached images.
+function imageSize(graph, width, height, viewport) {
+  const screen = graph ? Math.max(graph.clientWidth, graph.clientHeight) * (window.devicePixelRatio || 1) : 1024;
+  const visible = viewport ? Math.max(viewport.width / width, viewport.height / height, 1e-3) : 1;
+  const needed = Math.min(Math.max(width, height), screen / Math.min(visible, 1));
+  return Math.min(8192, Math.max(256, 2 ** Math.ceil(Math.log2(needed))));
+}
+
+// Zooming and panning report the visible part of the slice, which sets the image resolution.
+function watchZoom() {
+  const graph = document.querySelector("#slice-view .js-plotly-plot");
+  if (!graph || graph.dataset.zoomWatched || !graph.on) {
+    return;
+  }
+  graph.dataset.zoomWatched = "yes";
+  graph.on("plotly_relayout", function (change) {
+    const x = graph.layout.xaxis.range, y = graph.layout.yaxis.range;
+    const scan = window.mlexTomoScan;
+    if (("xaxis.range[0]" in change || "xaxis.autorange" in change) && scan && window.dash_clientside.set_props) {
+      window.dash_clientside.set_props("viewport", {
+        data: { scan: scan, width: Math.abs(x[1] - x[0]), height: Math.abs(y[1] - y[0]) },
+      });
+    }
+  });
+}
+new MutationObserver(watchZoom).observe(document.documentElement, { childList: true, subtree: true });
 
 // Arrow keys step one slice, PageUp/PageDown ten, unless the user is typing in a field.
 document.addEventListener("keydown", function (event) {
@@ -60,6 +140,7 @@ document.addEventListener("keydown", function (event) {
     return;
   }
   const next = Math.min(viewerState.last, Math.max(0, viewerState.index + steps[event.key]));
+  viewerState.index = next;  // a key held down steps on before the figure is redrawn
   window.dash_clientside.set_props("slice-index", { value: next });
   event.preventDefault();
 });

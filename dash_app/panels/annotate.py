@@ -1,9 +1,12 @@
 """Painting labels: tools, brush size, classes, undo and redo, saved to Tiled after every stroke.
 
-Strokes are drawn with Plotly's drawing modes on the slice figure; each finished shape
-becomes a `Stroke`, the annotation is saved to Tiled (content-hashed, so undoing back
-to an earlier state reuses its mask) and the figure shows the saved mask as an overlay
-image. The browser keeps the strokes and the undo history; Tiled keeps the result.
+Strokes are drawn with Plotly's drawing modes on the slice figure. The browser turns
+each finished shape into a stroke at once (`captureStroke` in assets/viewer.js), with
+the tool and class chosen at that moment and a sequence number, into the `pending-strokes`
+store; the server applies every stroke newer than the last it applied. A stroke painted
+while the previous save is still on its way is therefore never lost. The annotation is
+saved to Tiled (content-hashed, so undoing back to an earlier state reuses its mask) and
+the figure shows the saved mask as an overlay image.
 """
 
 from __future__ import annotations
@@ -12,17 +15,16 @@ import re
 from typing import Any
 
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
+from pydantic import ValidationError
 
-from dash_app.annotations import Annotations, ClassInfo, Stroke
+from dash_app.annotations import PALETTE, Annotations, ClassInfo, Stroke
 from dash_app.masks import latest_annotations, save_annotations
 from mlex_tomo.settings import StackSettings
-from mlex_tomo.tiled_layout import RECONS, connect
+from mlex_tomo.tiled_layout import RECONS, connect, node_uri
 
 HISTORY_LIMIT = 100
 TOOLS = [("Pan", "pan"), ("Brush", "brush"), ("Eraser", "eraser"), ("Polygon", "polygon"), ("Rectangle", "rectangle")]
 DEFAULT_CLASSES = {0: ClassInfo(label="class 1", color="#e6194b"), 1: ClassInfo(label="class 2", color="#3cb4e6")}
-PALETTE = ["#e6194b", "#3cb4e6", "#ffe119", "#3cb44b", "#f58231", "#911eb4", "#f032e6", "#bcf60c", "#fabebe"]
-_PATH_POINT = re.compile(r"[ML]\s*(-?[\d.eE+-]+)\s*,\s*(-?[\d.eE+-]+)")
 
 
 def layout() -> html.Div:
@@ -34,14 +36,25 @@ def layout() -> html.Div:
             html.Label("Brush size ([ and ])", htmlFor="brush-size"),
             dcc.Slider(id="brush-size", min=1, max=60, step=1, value=5, marks=None, tooltip={"placement": "bottom"}),
             html.H3("Classes (keys 1-9)"),
-            dcc.RadioItems(id="active-class", className="classes", value=0),
+            html.Div(
+                className="class-list",
+                children=[
+                    dcc.RadioItems(id="active-class", className="classes", value=0),
+                    dcc.Checklist(id="visible-classes", className="visibility", options=[], value=[]),
+                ],
+            ),
             html.Div(
                 className="row",
                 children=[
-                    dcc.Input(id="new-class-name", placeholder="new class", debounce=False, maxLength=64),
-                    html.Button("Add", id="add-class"),
+                    dcc.Input(id="class-name", placeholder="class name", maxLength=64),
+                    dcc.Input(id="class-colour", placeholder="#rrggbb", maxLength=7, className="colour"),
+                    html.Button("Add", id="add-class", title="Add a class with this name and colour"),
+                    html.Button("Update", id="update-class", title="Rename and recolour the chosen class"),
+                    html.Button("Delete", id="delete-class", title="Delete the chosen class and its strokes"),
                 ],
             ),
+            html.Label("Labels opacity", htmlFor="label-opacity"),
+            dcc.Slider(id="label-opacity", min=0, max=1, step=0.05, value=0.5, marks=None, tooltip={"placement": "bottom"}),
             html.Div(
                 className="row",
                 children=[
@@ -55,27 +68,73 @@ def layout() -> html.Div:
             dcc.Store(id="annotations"),
             dcc.Store(id="history", data={"past": [], "future": []}),
             dcc.Store(id="mask-path"),
+            dcc.Store(id="pending-strokes", data=[]),
+            dcc.Store(id="strokes-applied", data=0),
         ],
     )
 
 
-def stroke_from_shape(shape: dict[str, Any], tool: str, class_id: int, width: float) -> Stroke:
-    """A Plotly-drawn shape (path or rect, in data coordinates = slice pixels) as a stroke."""
-    if shape.get("type") == "rect":
-        points = [(shape["x0"], shape["y0"]), (shape["x1"], shape["y1"])]
-        return Stroke(tool="rectangle", class_id=class_id, points=points)
-    points = [(float(x), float(y)) for x, y in _PATH_POINT.findall(shape.get("path", ""))]
-    if tool == "eraser":
-        return Stroke(tool="eraser", points=points, width=width)
-    return Stroke(tool="polygon" if tool == "polygon" else "brush", class_id=class_id, points=points, width=width)
+def with_strokes(annotations: Annotations, pending: list[dict[str, Any]], applied: int) -> tuple[Annotations, int, list[str]]:
+    """The annotations with this scan's pending strokes newer than `applied`, the newest sequence number, and why any was refused."""
+    fresh = [entry for entry in pending or [] if entry["seq"] > applied and entry.get("scan") == annotations.scan]
+    if not fresh:
+        return annotations, applied, []
+    updated, refused = annotations.model_copy(deep=True), []
+    for entry in fresh:
+        try:
+            stroke = Stroke.model_validate(entry["stroke"])
+        except ValidationError as error:
+            refused.extend(problem["msg"].removeprefix("Value error, ") for problem in error.errors())
+            continue
+        if stroke.class_id is not None and stroke.class_id not in updated.classes:
+            refused.append(f"class {stroke.class_id} no longer exists")
+            continue
+        updated.slices.setdefault(int(entry["z"]), []).append(stroke)
+    return updated, max(entry["seq"] for entry in fresh), refused
+
+
+def with_new_class(annotations: Annotations, name: str | None, colour: str | None) -> Annotations:
+    """A new class; a colour already taken (the form starts with the chosen class's) gives way to a free one."""
+    updated = annotations.model_copy(deep=True)
+    new_id = max(updated.classes, default=-1) + 1
+    taken = {info.color.lower() for info in updated.classes.values()}
+    free = [candidate for candidate in PALETTE if candidate not in taken] or [PALETTE[new_id % len(PALETTE)]]
+    chosen = colour if colour and colour.strip().lower() not in taken else free[0]
+    updated.classes[new_id] = class_info(name, chosen)
+    return updated
+
+
+def with_class_changed(annotations: Annotations, class_id: int, name: str | None, colour: str | None) -> Annotations:
+    updated = annotations.model_copy(deep=True)
+    updated.classes[class_id] = class_info(name, colour or updated.classes[class_id].color)
+    return updated
+
+
+def without_class(annotations: Annotations, class_id: int) -> Annotations:
+    """The class and every stroke painted with it are gone (undo brings them back)."""
+    if len(annotations.classes) <= 1:
+        raise ValueError("Keep at least one class.")
+    updated = annotations.model_copy(deep=True)
+    del updated.classes[class_id]
+    updated.slices = {
+        z: kept for z, strokes in updated.slices.items() if (kept := [stroke for stroke in strokes if stroke.class_id != class_id])
+    }
+    return updated
+
+
+def class_info(name: str | None, colour: str) -> ClassInfo:
+    name = (name or "").strip()
+    if not name:
+        raise ValueError("Name the class first.")
+    if not re.fullmatch(r"#[0-9a-fA-F]{6}", colour.strip()):
+        raise ValueError(f"A colour looks like #1f77b4, not {colour!r}.")
+    return ClassInfo(label=name, color=colour.strip().lower())
 
 
 def register_callbacks(app: Dash, settings: StackSettings) -> None:
-    def data_uri(scan: str) -> str:
-        return f"{settings.tiled.base_url}/api/v1/metadata/{RECONS}/{scan}"
-
     def save(annotations: Annotations) -> str | None:
-        return save_annotations(connect(settings, writable=True), annotations, data_uri(annotations.scan), settings.ui.username or "local user")
+        data_uri = node_uri(settings, f"{RECONS}/{annotations.scan}")
+        return save_annotations(connect(settings, writable=True), annotations, data_uri, settings.ui.username or "local user")
 
     @app.callback(
         Output("annotations", "data"), Output("history", "data"), Output("mask-path", "data"),
@@ -95,57 +154,76 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
         Output("annotations", "data", allow_duplicate=True),
         Output("history", "data", allow_duplicate=True),
         Output("mask-path", "data", allow_duplicate=True),
+        Output("strokes-applied", "data"),
         Output("annotation-status", "children"),
-        Input("slice-view", "relayoutData"),
+        Input("pending-strokes", "data"),
         Input("undo", "n_clicks"),
         Input("redo", "n_clicks"),
         Input("add-class", "n_clicks"),
-        State("annotations", "data"), State("history", "data"), State("tool", "value"),
-        State("active-class", "value"), State("brush-size", "value"), State("slice-index", "value"),
-        State("axis", "value"), State("new-class-name", "value"),
+        Input("update-class", "n_clicks"),
+        Input("delete-class", "n_clicks"),
+        State("annotations", "data"), State("history", "data"), State("strokes-applied", "data"),
+        State("active-class", "value"), State("class-name", "value"), State("class-colour", "value"),
         prevent_initial_call=True,
     )
-    def edit(relayout, undo, redo, add_class, current, history, tool, class_id, brush_size, z, axis, new_class_name):
+    def edit(pending, undo, redo, add, update, delete, current, history, applied, class_id, name, colour):
         if current is None:
-            return no_update, no_update, no_update, "Pick a scan first."
-        annotations = Annotations.model_validate(current)
-        trigger = ctx.triggered_id
-        if trigger == "slice-view":
-            shapes = (relayout or {}).get("shapes")
-            if not shapes:
-                return no_update, no_update, no_update, no_update
-            if axis != "z":
-                return no_update, no_update, no_update, "Labels are painted on z slices."
-            stroke = stroke_from_shape(shapes[-1], tool, class_id, float(brush_size))
-            updated = annotations.model_copy(deep=True)
-            updated.slices.setdefault(int(z), []).append(stroke)
+            return no_update, no_update, no_update, no_update, "Pick a scan first."
+        trigger, applied = ctx.triggered_id, applied or 0
+        painted, applied_now, refused = with_strokes(Annotations.model_validate(current), pending, applied)
+        refusal = f" A stroke was refused: {'; '.join(refused)}." if refused else ""
+        if painted.slices != Annotations.model_validate(current).slices:
             history = {"past": [*history["past"], current][-HISTORY_LIMIT:], "future": []}
-        elif trigger in ("undo", "redo"):
+            current = painted.model_dump(mode="json")
+        if trigger in ("undo", "redo"):
             source, target = ("past", "future") if trigger == "undo" else ("future", "past")
             if not history[source]:
-                return no_update, no_update, no_update, f"Nothing to {trigger}."
+                return no_update, no_update, no_update, no_update, f"Nothing to {trigger}."
             updated = Annotations.model_validate(history[source][-1])
             history = {source: history[source][:-1], target: [*history[target], current]}
-        else:
-            name = (new_class_name or "").strip()
-            if not name:
-                return no_update, no_update, no_update, "Name the new class first."
-            updated = annotations.model_copy(deep=True)
-            new_id = max(updated.classes, default=-1) + 1
-            updated.classes[new_id] = ClassInfo(label=name, color=PALETTE[new_id % len(PALETTE)])
+        elif trigger in ("add-class", "update-class", "delete-class"):
+            change = {"add-class": lambda: with_new_class(painted, name, colour),
+                      "update-class": lambda: with_class_changed(painted, class_id, name, colour),
+                      "delete-class": lambda: without_class(painted, class_id)}[trigger]
+            try:
+                updated = change()
+            except ValueError as error:
+                return no_update, no_update, no_update, no_update, str(error)
             history = {"past": [*history["past"], current][-HISTORY_LIMIT:], "future": []}
+        elif applied_now == applied:
+            return no_update, no_update, no_update, no_update, no_update
+        else:
+            updated = painted
         path = save(updated)
-        painted = sum(len(strokes) for strokes in updated.slices.values())
-        return updated.model_dump(mode="json"), history, path, f"{painted} strokes on {len(updated.slices)} slices, saved."
+        strokes = sum(len(strokes) for strokes in updated.slices.values())
+        status = f"{strokes} strokes on {len(updated.slices)} slices, saved.{refusal}"
+        return updated.model_dump(mode="json"), history, path, applied_now, status
 
-    @app.callback(Output("active-class", "options"), Input("annotations", "data"))
-    def list_classes(current: dict | None) -> list[dict]:
+    @app.callback(
+        Output("active-class", "options"), Output("active-class", "value"),
+        Output("visible-classes", "options"), Output("visible-classes", "value"),
+        Input("annotations", "data"),
+        State("active-class", "value"), State("visible-classes", "options"), State("visible-classes", "value"),
+    )
+    def list_classes(current: dict | None, active: int | None, listed: list[dict], visible: list[int]):
         if current is None:
-            return []
-        return [
+            return [], None, [], []
+        ids = [int(class_id) for class_id in current["classes"]]
+        options = [
             {"label": html.Span(info["label"], style={"borderLeft": f"1rem solid {info['color']}", "paddingLeft": "0.4rem"}), "value": int(class_id)}
             for class_id, info in current["classes"].items()
         ]
+        hidden = {option["value"] for option in listed or []} - set(visible or [])
+        toggles = [{"label": "show", "value": class_id, "title": f"show {current['classes'][str(class_id)]['label']}"} for class_id in ids]
+        return options, active if active in ids else ids[0], toggles, [class_id for class_id in ids if class_id not in hidden]
+
+    @app.callback(
+        Output("class-name", "value"), Output("class-colour", "value"),
+        Input("active-class", "value"), State("annotations", "data"),
+    )
+    def describe_class(active: int | None, current: dict | None):
+        info = (current or {}).get("classes", {}).get(str(active))
+        return (info["label"], info["color"]) if info else ("", "")
 
     @app.callback(
         Output("slice-index", "value", allow_duplicate=True),

@@ -36,6 +36,7 @@ def layout() -> html.Div:
                     html.Span(id="slice-label", className="slice-label"),
                 ],
             ),
+            dcc.Store(id="viewport"),
             html.Div(
                 className="contrast",
                 children=[
@@ -106,4 +107,17 @@ def register_callbacks(app: Dash, library: ScanLibrary) -> None:
         Input("display-defaults", "data"), Input("axis", "value"), Input("slice-index", "value"), Input("window", "value"),
         Input("tool", "value"), Input("brush-size", "value"), Input("active-class", "value"),
         Input("annotations", "data"), Input("mask-path", "data"),
+        Input("label-opacity", "value"), Input("visible-classes", "value"),
+        Input("shown-result", "data"), Input("result-opacity", "value"), Input("result-classes", "value"),
+        Input("viewport", "data"),
+    )
+
+    app.clientside_callback(
+        ClientsideFunction(namespace="mlexTomo", function_name="captureStroke"),
+        Output("pending-strokes", "data"),
+        Input("slice-view", "relayoutData"),
+        State("pending-strokes", "data"), State("strokes-applied", "data"), State("tool", "value"),
+        State("active-class", "value"), State("brush-size", "value"), State("slice-index", "value"),
+        State("axis", "value"), State("display-defaults", "data"),
+        prevent_initial_call=True,
     )

@@ -1,0 +1,77 @@
+"""The selected job's labels over the slice: opacity, per-class toggles, and what produced them."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dash import Dash, Input, Output, State, dcc, html, no_update
+
+from dash_app.results import ResultDescription, ResultNotFound, ResultOverlays
+from dash_app.runs import RunSummary
+
+
+def layout() -> html.Div:
+    return html.Div(
+        className="panel results",
+        children=[
+            html.H2("Result"),
+            html.Div(id="result-details", className="details", children=html.P("Select a finished job to overlay its labels.")),
+            dcc.Checklist(id="result-classes", className="classes", options=[], value=[]),
+            html.Label("Opacity", htmlFor="result-opacity"),
+            dcc.Slider(id="result-opacity", min=0, max=1, step=0.05, value=0.6, marks=None, tooltip={"placement": "bottom"}),
+            dcc.Store(id="shown-result"),
+        ],
+    )
+
+
+def register_callbacks(app: Dash, results: ResultOverlays) -> None:
+    @app.callback(
+        Output("shown-result", "data"), Output("result-details", "children"),
+        Output("result-classes", "options"), Output("result-classes", "value"),
+        Input("runs", "data"), Input("selected-run", "data"), Input("scan", "value"),
+        State("shown-result", "data"),
+    )
+    def show(shown_runs, selected, scan, shown):
+        summaries = [RunSummary.model_validate(run) for run in shown_runs or [] if "error" not in run]
+        run = next((run for run in summaries if run.id == selected), summaries[0] if summaries else None)
+        job_id = run.result_job_id if run else None
+        if job_id is None:
+            return None, html.P("Select a finished job to overlay its labels."), [], []
+        try:
+            description = results.describe(job_id)
+        except ResultNotFound:
+            return None, html.P(f"{job_id}: no labels in Tiled yet."), [], []
+        state = {"scan": scan, "job_id": job_id, "status": description.status, "classes": sorted(int(index) for index in description.classes)}
+        if state == shown:
+            return no_update, no_update, no_update, no_update
+        options = [
+            {"label": html.Span(info.get("label", index), style={"borderLeft": f"1rem solid {info.get('color', '#888')}", "paddingLeft": "0.4rem"}), "value": int(index)}
+            for index, info in sorted(description.classes.items(), key=lambda item: int(item[0]))
+        ]
+        return state, details(description), options, state["classes"]
+
+
+def details(description: ResultDescription) -> list[Any]:
+    rows: list[tuple[str, Any]] = [
+        ("job", description.job_id),
+        ("status", description.status),
+        ("model", description.model),
+        ("trained by", description.trained_job_id if description.trained_job_id != description.job_id else None),
+        ("slices", f"{len(description.slices)} ({description.slices[0]}..{description.slices[-1]})" if description.slices else None),
+        ("data", description.data_uri),
+        ("mask", description.mask_uri),
+        ("device", description.device),
+        *((name.replace("_", " "), _number(value)) for name, value in description.metrics.items()),
+    ]
+    items: list[Any] = []
+    for name, value in rows:
+        if value is not None:
+            items += [html.Dt(name), html.Dd(str(value))]
+    if description.parameters:
+        parameters = ", ".join(f"{name}={value}" for name, value in description.parameters.items() if name != "name")
+        items += [html.Dt("parameters"), html.Dd(parameters, className="parameters")]
+    return [html.Dl(items)]
+
+
+def _number(value: Any) -> Any:
+    return f"{value:.4g}" if isinstance(value, float) else value

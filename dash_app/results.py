@@ -1,0 +1,79 @@
+"""Segmentation results in Tiled (`/results/<job_id>/seg_result`) as the app shows them.
+
+A result may cover the whole volume (far larger than memory), so an overlay reads only
+the one slice it draws. A finished result never changes, so its description is kept;
+a running one is read afresh each time.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from pydantic import BaseModel
+
+from dash_app.annotations import PALETTE, UNLABELLED
+from dash_app.imaging import colour_labels, rgb
+from mlex_tomo.tiled_layout import RESULTS
+
+RESULT_KEY = "seg_result"
+FINISHED = ("complete", "failed", "cancelled")
+
+
+class ResultNotFound(LookupError):
+    pass
+
+
+class ResultDescription(BaseModel):
+    """What the Result panel says of a job's labels."""
+
+    job_id: str
+    status: str
+    task: str | None = None
+    model: str | None = None
+    parameters: dict[str, Any] = {}
+    data_uri: str | None = None
+    mask_uri: str | None = None
+    trained_job_id: str | None = None
+    classes: dict[str, dict[str, str]] = {}
+    slices: list[int] = []
+    metrics: dict[str, Any] = {}
+    device: str | None = None
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+
+class ResultOverlays:
+    def __init__(self, connect: Callable[[], Any]) -> None:
+        self.connect = connect
+        self.finished: dict[str, ResultDescription] = {}
+
+    def describe(self, job_id: str) -> ResultDescription:
+        if job_id in self.finished:
+            return self.finished[job_id]
+        results = self.connect()[RESULTS]
+        if job_id not in results:
+            raise ResultNotFound(f"no result {job_id!r} in Tiled")
+        metadata = dict(results[job_id].metadata)
+        known = {name: metadata[name] for name in ResultDescription.model_fields if metadata.get(name) is not None}
+        description = ResultDescription.model_validate({"status": "unknown", **known, "job_id": job_id})
+        if description.finished:
+            self.finished[job_id] = description
+        return description
+
+    def overlay(self, job_id: str, z: int, shape: tuple[int, int], hidden: set[int]) -> tuple[NDArray[np.uint8], bool]:
+        """(RGBA overlay of slice z, whether it is final); transparent where the job did not segment."""
+        description = self.describe(job_id)
+        colours = {
+            int(index): rgb(info.get("color") or PALETTE[int(index) % len(PALETTE)])
+            for index, info in description.classes.items()
+        }
+        if z not in description.slices:
+            return colour_labels(np.full(shape, UNLABELLED, np.int8), {}), description.finished
+        row = description.slices.index(z)
+        labels = np.asarray(self.connect()[RESULTS][job_id][RESULT_KEY][row])
+        return colour_labels(labels, colours, hidden), description.finished

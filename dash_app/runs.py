@@ -1,0 +1,156 @@
+"""Segmentation runs in Prefect, as the Jobs panel shows them: start, list, follow, cancel.
+
+The app starts work only through the `segmentation` deployment, so a run started here
+is the same as one started from the Prefect UI or a script. Runs are tagged with the
+scan they segment, which is how the panel finds a scan's runs again after a reload.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import SyncPrefectClient
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterFlowRunId,
+    DeploymentFilter,
+    DeploymentFilterName,
+    FlowRunFilter,
+    FlowRunFilterTags,
+    LogFilter,
+    LogFilterFlowRunId,
+)
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import ArtifactSort, FlowRunSort, LogSort
+from prefect.states import Cancelled, Cancelling
+from pydantic import BaseModel, ValidationError
+
+from flows.segmentation import SegmentationRequest, step_job_ids
+from mlex_tomo.settings import StackSettings
+
+DEPLOYMENT = "segmentation/segmentation"
+SCAN_TAG = "scan:"
+ACTIVE_STATES = {StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED}
+FAILED_STATES = {StateType.FAILED, StateType.CRASHED}
+LOG_LINES = 4
+
+
+class RunSummary(BaseModel):
+    """One run as a row of the job list."""
+
+    id: str
+    name: str
+    state: str
+    state_type: str
+    message: str | None
+    created: datetime | None
+    steps: str
+    model: str | None
+    job_ids: dict[str, str]
+    progress: float | None
+    epochs: list[dict[str, Any]]
+    log_lines: list[str]
+    prefect_url: str
+
+    @property
+    def active(self) -> bool:
+        return StateType(self.state_type) in ACTIVE_STATES
+
+    @property
+    def failed(self) -> bool:
+        return StateType(self.state_type) in FAILED_STATES
+
+    @property
+    def completed(self) -> bool:
+        return self.state_type == StateType.COMPLETED.value
+
+    @property
+    def result_job_id(self) -> str | None:
+        """The job whose labels the run leaves last: the whole volume when it segmented it."""
+        return self.job_ids.get("infer") or self.job_ids.get("train")
+
+
+class SegmentationRuns:
+    def __init__(self, settings: StackSettings) -> None:
+        self.api_url = settings.prefect.resolved_api_url
+        self.ui_url = settings.prefect.ui_url
+
+    def start(self, scan: str, request: SegmentationRequest) -> str:
+        with SyncPrefectClient(self.api_url) as client:
+            deployment = client.read_deployment_by_name(DEPLOYMENT)
+            run = client.create_flow_run_from_deployment(
+                deployment.id,
+                parameters={"request": request.model_dump(mode="json", exclude_none=True)},
+                tags=["mlex-tomo", SCAN_TAG + scan],
+            )
+        return str(run.id)
+
+    def recent(self, scan: str, limit: int = 8) -> list[RunSummary]:
+        with SyncPrefectClient(self.api_url) as client:
+            runs = client.read_flow_runs(
+                flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(all_=[SCAN_TAG + scan])),
+                deployment_filter=DeploymentFilter(name=DeploymentFilterName(any_=[DEPLOYMENT.split("/")[1]])),
+                sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+                limit=limit,
+            )
+            if not runs:
+                return []
+            artifacts = client.read_artifacts(
+                artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[run.id for run in runs])),
+                sort=ArtifactSort.CREATED_DESC,
+            )
+            logs = {
+                run.id: self._last_log_lines(client, run.id)
+                for run in runs
+                if run.state_type in ACTIVE_STATES | FAILED_STATES
+            }
+        return [self._summary(run, artifacts, logs.get(run.id, [])) for run in runs]
+
+    def cancel(self, run_id: str) -> None:
+        """Cancelling a run that a worker holds stops its job; one still waiting is cancelled outright."""
+        with SyncPrefectClient(self.api_url) as client:
+            run = client.read_flow_run(UUID(run_id))
+            if run.state_type in (StateType.SCHEDULED, StateType.PENDING, StateType.PAUSED):
+                client.set_flow_run_state(run.id, Cancelled(message="Cancelled in the web app"), force=True)
+            elif run.state_type == StateType.RUNNING:
+                client.set_flow_run_state(run.id, Cancelling(message="Cancelled in the web app"))
+
+    def _summary(self, run: Any, artifacts: list[Any], log_lines: list[str]) -> RunSummary:
+        parameters = run.parameters.get("request", {})
+        try:
+            job_ids = step_job_ids(SegmentationRequest.model_validate(parameters), str(run.id))
+        except ValidationError:
+            job_ids = {}
+        own = [artifact for artifact in artifacts if artifact.flow_run_id == run.id]  # newest first
+        progress = next((float(artifact.data) for artifact in own if artifact.type == "progress"), None)
+        epochs = next((_table(artifact.data) for artifact in own if artifact.type == "table"), [])
+        return RunSummary(
+            id=str(run.id),
+            name=run.name,
+            state=run.state_name or "Unknown",
+            state_type=(run.state_type or StateType.PENDING).value,
+            message=run.state.message if run.state else None,
+            created=run.created,
+            steps=str(parameters.get("steps", "?")),
+            model=(parameters.get("model") or {}).get("name"),
+            job_ids=job_ids,
+            progress=100.0 if run.state_type == StateType.COMPLETED else progress,
+            epochs=epochs,
+            log_lines=log_lines,
+            prefect_url=f"{self.ui_url}/runs/flow-run/{run.id}",
+        )
+
+    @staticmethod
+    def _last_log_lines(client: SyncPrefectClient, run_id: UUID) -> list[str]:
+        logs = client.read_logs(
+            LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])), limit=LOG_LINES, sort=LogSort.TIMESTAMP_DESC
+        )
+        return [log.message for log in reversed(logs)]
+
+
+def _table(data: Any) -> list[dict[str, Any]]:
+    rows = json.loads(data) if isinstance(data, str) else data
+    return [row for row in rows if isinstance(row, dict)] if isinstance(rows, list) else []

@@ -1,0 +1,99 @@
+"""The web app's logic without a browser: the generated model form, class edits, strokes sent while saving."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from dash_app.annotations import Annotations, ClassInfo
+from dash_app.model_form import MODELS, form_fields, parameters_from_form, render
+from dash_app.panels.annotate import with_class_changed, with_new_class, with_strokes, without_class
+from dash_app.panels.jobs import job_name_for
+from flows.segmentation import JOB_NAME_PATTERN
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_the_form_offers_every_field_and_its_defaults_are_the_models(model_name):
+    fields = form_fields(model_name)
+    assert {field.name for field in fields} == set(MODELS[model_name].model_fields) - {"name"}
+    values = [
+        (["on"] if field.default else []) if field.kind == "flag"
+        else ", ".join(f"{value:g}" for value in field.default or []) if field.kind == "numbers"
+        else field.default
+        for field in fields
+    ]
+    parameters, errors = parameters_from_form(model_name, [field.name for field in fields], values)
+    assert errors == []
+    assert parameters == MODELS[model_name]().model_dump(mode="json")
+    assert render(model_name)
+
+
+def test_form_errors_name_the_field():
+    names = ["num_epochs", "weights"]
+    fields = [field for field in form_fields("TUNet") if field.name not in names]
+    base = {field.name: field.default for field in fields if field.kind not in ("flag", "numbers")}
+    base.update({field.name: [] for field in fields if field.kind == "flag"})
+    base.update({field.name: "" for field in fields if field.kind == "numbers"})
+    _, errors = parameters_from_form("TUNet", [*base, *names], [*base.values(), 0, "1, x"])
+    assert "num_epochs: Input should be greater than or equal to 1" in errors
+    assert any(error.startswith("weights.1: Input should be a valid number") for error in errors)
+    _, errors = parameters_from_form("TUNet", [*base, *names], [*base.values(), None, ""])
+    assert errors == ["num_epochs: give a number"]
+    _, errors = parameters_from_form("RandomForest", [*base, *names], [*base.values(), 3, ""])
+    assert "choose the model again" in errors[0]
+
+
+def annotations() -> Annotations:
+    return Annotations(
+        scan="scan",
+        slice_shape=(16, 16),
+        classes={0: ClassInfo(label="pore", color="#e6194b"), 1: ClassInfo(label="grain", color="#3cb4e6")},
+        slices={3: [{"tool": "brush", "class_id": 0, "points": [(1, 1)]}, {"tool": "brush", "class_id": 1, "points": [(5, 5)]}]},
+    )
+
+
+def pending(seq: int, class_id: int | None = 0, scan: str = "scan", tool: str = "brush", points=((2, 2),)) -> dict:
+    return {"seq": seq, "scan": scan, "z": 7, "stroke": {"tool": tool, "class_id": class_id, "points": list(points), "width": 3}}
+
+
+def test_strokes_painted_while_a_save_was_on_its_way_are_all_applied_once():
+    start = annotations()
+    queue = [pending(1), pending(2, class_id=1)]
+    updated, applied, refused = with_strokes(start, queue, applied=0)
+    assert (applied, refused) == (2, [])
+    assert [stroke.class_id for stroke in updated.slices[7]] == [0, 1]
+    again, applied_again, _ = with_strokes(updated, [*queue, pending(3)], applied=2)
+    assert applied_again == 3 and len(again.slices[7]) == 3
+    other_scan, applied_other, _ = with_strokes(start, [pending(4, scan="other")], applied=3)
+    assert other_scan == start and applied_other == 3
+
+
+def test_a_bad_stroke_is_refused_with_its_reason_and_the_rest_are_kept():
+    updated, applied, refused = with_strokes(annotations(), [pending(1, tool="polygon"), pending(2), pending(3, class_id=9)], 0)
+    assert applied == 3 and len(updated.slices[7]) == 1
+    assert "a polygon needs at least 3 points" in refused[0]
+    assert refused[1] == "class 9 no longer exists"
+
+
+def test_classes_are_added_renamed_recoloured_and_deleted_with_their_strokes():
+    start = annotations()
+    added = with_new_class(start, "crack", "#e6194b")  # the chosen class's colour: a free one is taken instead
+    assert added.classes[2].label == "crack" and added.classes[2].color not in ("#e6194b", "#3cb4e6")
+    renamed = with_class_changed(added, 2, "fissure", "#00FF00")
+    assert renamed.classes[2] == ClassInfo(label="fissure", color="#00ff00")
+    removed = without_class(renamed, 0)
+    assert set(removed.classes) == {1, 2}
+    assert [stroke.class_id for stroke in removed.slices[3]] == [1]
+    with pytest.raises(ValueError, match="Name the class first"):
+        with_new_class(start, "  ", None)
+    with pytest.raises(ValueError, match="A colour looks like #1f77b4"):
+        with_class_changed(start, 0, "pore", "red")
+    with pytest.raises(ValueError, match="Keep at least one class"):
+        without_class(without_class(start, 0), 1)
+
+
+@pytest.mark.parametrize(("scan", "expected"), [("sample", "sample"), ("2026/run 7;$(x)", "2026-run-7---x-"), ("...", "segmentation")])
+def test_job_names_from_any_scan_key_fit_the_flows_pattern(scan, expected):
+    assert job_name_for(scan) == expected
+    assert re.fullmatch(JOB_NAME_PATTERN, job_name_for(scan))

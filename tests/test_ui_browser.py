@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from playwright.sync_api import Page, expect
@@ -97,8 +99,30 @@ def test_paint_two_classes_undo_redo_and_find_the_strokes_after_a_reload(page, s
     pick_scan(page, "painted (64 x 64 x 64, float32)")
     expect(page.locator("#slice-label")).to_have_text("z = 32 / 63")
     wait_for_overlay(page, lambda source: source == two_strokes)
+    page.locator("#visible-classes input").nth(1).uncheck()
+    wait_for_overlay(page, lambda source: source == two_strokes + "?hidden=1")
     mask = services.tiled()["masks"]["painted"]
     newest = max(mask, key=lambda key: mask[key].metadata["created_at"])
     labels = mask[newest]["mask"].read()
     assert mask[newest]["mask"].metadata["mask_idx"] == [32]
     assert set(np.unique(labels)) == {-1, 0, 1}
+
+
+def test_zooming_in_asks_for_a_finer_image(page, services):
+    wide = np.tile(np.arange(2048, dtype=np.uint8), (2, 2048, 1))
+    metadata = {"shape": list(wide.shape), "dtype": "uint8", "format": "zarr", "ingested_at": "2026-11-30T03:00:00+00:00"}
+    services.tiled(writable=True)["recons"].create_container("wide", metadata=metadata).write_array(wide, key="data")
+    page.reload()
+    pick_scan(page, "wide (2 x 2048 x 2048, uint8)")
+    expect(page.locator("#slice-label")).to_have_text("z = 1 / 1")
+    slice_image = page.locator("#slice-view image").first
+    whole_view = int(slice_image.get_attribute("href").rsplit("max_size=", 1)[1])
+    assert whole_view < 2048  # the view is narrower than the slice: no need for every pixel
+    page.get_by_role("radio", name="Pan").check()
+    box = page.locator("#slice-view .nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    for _ in range(6):
+        page.mouse.wheel(0, -200)
+    expect(slice_image).to_have_attribute("href", re.compile(r"/z/1\.jpeg.*max_size=2048$"))
+    page.keyboard.press("ArrowLeft")  # the zoom stays while moving through slices
+    expect(slice_image).to_have_attribute("href", re.compile(r"/z/0\.jpeg.*max_size=2048$"))

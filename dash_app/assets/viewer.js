@@ -1,5 +1,5 @@
 // Builds the slice figure in the browser around an image URL, and moves through slices with keys.
-const viewerState = { index: null, last: 0 };  // the slice shown, as the figure was last drawn
+const viewerState = { index: null, last: 0, view: null };  // the slice and view shown, as the figure was last drawn
 
 window.dash_clientside = Object.assign({}, window.dash_clientside, {
   mlexTomo: {
@@ -14,7 +14,8 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       const [low, high] = window;
       const scan = encodeURIComponent(defaults.scan);
       const graph = document.getElementById("slice-view");
-      const maxSize = imageSize(graph, width, height, viewport && viewport.scan === defaults.scan ? viewport : null);
+      const [xRange, yRange] = currentView(`${defaults.scan}/${axis}`, width, height);
+      const maxSize = imageSize(graph, width, height, xRange, yRange);
       const layer = (source, name, opacity) => ({
         source: source, name: name, xref: "x", yref: "y", x: 0, y: 0, sizex: width, sizey: height,
         sizing: "stretch", layer: name === "slice" ? "below" : "above", opacity: opacity,
@@ -43,8 +44,8 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
         data: [{ x: [0, width], y: [0, height], mode: "markers", marker: { opacity: 0 }, hoverinfo: "none" }],
         layout: {
           images: images,
-          xaxis: { range: [0, width], visible: false, constrain: "domain" },
-          yaxis: { range: [height, 0], visible: false, scaleanchor: "x" },
+          xaxis: { range: xRange, visible: false, constrain: "domain" },
+          yaxis: { range: yRange, visible: false, scaleanchor: "x" },
           margin: { l: 0, r: 0, t: 0, b: 0 }, plot_bgcolor: "#111", paper_bgcolor: "#111",
           dragmode: dragmode, uirevision: `${defaults.scan}/${axis}`, shapes: [],
           newshape: {
@@ -54,10 +55,25 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
         },
       };
       const last = defaults.shape[axes.indexOf(axis)] - 1;
-      window.mlexTomoScan = defaults.scan;
       viewerState.index = index;
       viewerState.last = last;
       return [figure, `${axis} = ${index} / ${last}`];
+    },
+
+    // Zooming and panning report the visible part of the slice, which sets the image resolution.
+    visiblePart: function (relayout, defaults, axis) {
+      if (!relayout || !defaults) {
+        return window.dash_clientside.no_update;
+      }
+      if ("xaxis.autorange" in relayout) {
+        return null;
+      }
+      const graph = document.querySelector("#slice-view .js-plotly-plot");
+      if (!("xaxis.range[0]" in relayout || "xaxis.range" in relayout) || !graph) {
+        return window.dash_clientside.no_update;
+      }
+      const x = graph.layout.xaxis.range, y = graph.layout.yaxis.range;
+      return { scan: defaults.scan, axis: axis, width: Math.abs(x[1] - x[0]), height: Math.abs(y[1] - y[0]) };
     },
 
     // A finished shape becomes a stroke now, with the tool and class chosen now: the
@@ -102,38 +118,38 @@ function hiddenQuery(hidden) {
   return hidden.length ? `&hidden=${hidden.join(",")}` : "";
 }
 
+// The part of the slice on screen: the whole slice for a new scan or axis, otherwise
+// where the user zoomed and panned to. Carried into every redrawn figure explicitly,
+// because Plotly's uirevision did not keep a zoom across redraws of this figure.
+function currentView(view, width, height) {
+  const plot = document.querySelector("#slice-view .js-plotly-plot");
+  const zoomed = viewerState.view === view && plot && plot.layout && plot.layout.xaxis && plot.layout.xaxis.range;
+  viewerState.view = view;
+  if (!zoomed) {
+    return [[0, width], [height, 0]];
+  }
+  return [plot.layout.xaxis.range.slice(), plot.layout.yaxis.range.slice()];
+}
+
 // The image resolution the view needs: its screen pixels across the visible part of the
 // slice, rounded up to a power of two so that zooming a little reuses cached images.
-function imageSize(graph, width, height, viewport) {
+function imageSize(graph, width, height, xRange, yRange) {
   const screen = graph ? Math.max(graph.clientWidth, graph.clientHeight) * (window.devicePixelRatio || 1) : 1024;
-  const visible = viewport ? Math.max(viewport.width / width, viewport.height / height, 1e-3) : 1;
+  const visible = Math.max(Math.abs(xRange[1] - xRange[0]) / width, Math.abs(yRange[1] - yRange[0]) / height, 1e-3);
   const needed = Math.min(Math.max(width, height), screen / Math.min(visible, 1));
   return Math.min(8192, Math.max(256, 2 ** Math.ceil(Math.log2(needed))));
 }
 
-// Zooming and panning report the visible part of the slice, which sets the image resolution.
-function watchZoom() {
-  const graph = document.querySelector("#slice-view .js-plotly-plot");
-  if (!graph || graph.dataset.zoomWatched || !graph.on) {
-    return;
-  }
-  graph.dataset.zoomWatched = "yes";
-  graph.on("plotly_relayout", function (change) {
-    const x = graph.layout.xaxis.range, y = graph.layout.yaxis.range;
-    const scan = window.mlexTomoScan;
-    if (("xaxis.range[0]" in change || "xaxis.autorange" in change) && scan && window.dash_clientside.set_props) {
-      window.dash_clientside.set_props("viewport", {
-        data: { scan: scan, width: Math.abs(x[1] - x[0]), height: Math.abs(y[1] - y[0]) },
-      });
-    }
-  });
+// Keys belong to a text field being typed in; a radio button or checkbox leaves them to the viewer.
+function typingIn(element) {
+  const choices = ["radio", "checkbox", "button", "range"];
+  return element.tagName === "TEXTAREA" || (element.tagName === "INPUT" && !choices.includes(element.type));
 }
-new MutationObserver(watchZoom).observe(document.documentElement, { childList: true, subtree: true });
 
 // Arrow keys step one slice, PageUp/PageDown ten, unless the user is typing in a field.
 document.addEventListener("keydown", function (event) {
   const steps = { ArrowRight: 1, ArrowUp: 1, ArrowLeft: -1, ArrowDown: -1, PageUp: 10, PageDown: -10 };
-  if (!(event.key in steps) || ["INPUT", "TEXTAREA"].includes(event.target.tagName)) {
+  if (!(event.key in steps) || typingIn(event.target)) {
     return;
   }
   if (viewerState.index === null || !window.dash_clientside.set_props) {
@@ -147,7 +163,7 @@ document.addEventListener("keydown", function (event) {
 
 // [ and ] change the brush size; 1-9 choose a class (the n-th in the list).
 document.addEventListener("keydown", function (event) {
-  if (["INPUT", "TEXTAREA"].includes(event.target.tagName) || !window.dash_clientside.set_props) {
+  if (typingIn(event.target) || !window.dash_clientside.set_props) {
     return;
   }
   if (event.key === "[" || event.key === "]") {

@@ -144,11 +144,12 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
     )
     def follow(_, scan, selected, shown, known_failures, notifications):
         if scan is None:
-            return None, no_update, no_update
+            return (None if shown else no_update), no_update, no_update
         try:
             current = [run.model_dump(mode="json") for run in runs.recent(scan)]
         except Exception as error:  # noqa: BLE001 - Prefect down: say so in the list, keep trying
-            return [{"error": f"Prefect unreachable: {error}"}], no_update, no_update
+            unreachable = [{"error": f"Prefect unreachable: {error}"}]
+            return no_update if unreachable == shown else unreachable, no_update, no_update
         failed = {run["id"]: run for run in current if RunSummary.model_validate(run).failed}
         if known_failures is None:  # failures from before this page was opened are in the list, not notified
             return current, sorted(failed), no_update

@@ -36,11 +36,11 @@ def register_callbacks(app: Dash, results: ResultOverlays) -> None:
         run = next((run for run in summaries if run.id == selected), summaries[0] if summaries else None)
         job_id = run.result_job_id if run else None
         if job_id is None:
-            return None, html.P("Select a finished job to overlay its labels."), [], []
+            return nothing_shown(shown, "Select a finished job to overlay its labels.")
         try:
             description = results.describe(job_id)
         except ResultNotFound:
-            return None, html.P(f"{job_id}: no labels in Tiled yet."), [], []
+            return nothing_shown(shown, f"{job_id}: no labels in Tiled yet.")
         state = {"scan": scan, "job_id": job_id, "status": description.status, "classes": sorted(int(index) for index in description.classes)}
         if state == shown:
             return no_update, no_update, no_update, no_update
@@ -49,6 +49,13 @@ def register_callbacks(app: Dash, results: ResultOverlays) -> None:
             for index, info in sorted(description.classes.items(), key=lambda item: int(item[0]))
         ]
         return state, details(description), options, state["classes"]
+
+
+def nothing_shown(shown: dict | None, message: str) -> tuple:
+    """Clear the overlay, once: every change of these outputs redraws the slice figure."""
+    if shown is None:
+        return no_update, html.P(message), no_update, no_update
+    return None, html.P(message), [], []
 
 
 def details(description: ResultDescription) -> list[Any]:

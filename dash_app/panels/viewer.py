@@ -109,7 +109,7 @@ def register_callbacks(app: Dash, library: ScanLibrary) -> None:
         Input("annotations", "data"), Input("mask-path", "data"),
         Input("label-opacity", "value"), Input("visible-classes", "value"),
         Input("shown-result", "data"), Input("result-opacity", "value"), Input("result-classes", "value"),
-        Input("viewport", "data"),
+        Input("viewport", "data"),  # a zoom or pan: redraw at the resolution the view now needs
     )
 
     app.clientside_callback(
@@ -119,5 +119,12 @@ def register_callbacks(app: Dash, library: ScanLibrary) -> None:
         State("pending-strokes", "data"), State("strokes-applied", "data"), State("tool", "value"),
         State("active-class", "value"), State("brush-size", "value"), State("slice-index", "value"),
         State("axis", "value"), State("display-defaults", "data"),
+        prevent_initial_call=True,
+    )
+
+    app.clientside_callback(
+        ClientsideFunction(namespace="mlexTomo", function_name="visiblePart"),
+        Output("viewport", "data"),
+        Input("slice-view", "relayoutData"), State("display-defaults", "data"), State("axis", "value"),
         prevent_initial_call=True,
     )

@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -96,7 +96,7 @@ class ScanLibrary:
         self.defaults: dict[str, DisplayDefaults] = {}
         self.lock = threading.Lock()
         self.prefetcher = ThreadPoolExecutor(2, thread_name_prefix="prefetch")
-        self.pending: set[tuple] = set()
+        self.prefetches: dict[tuple, Future[NDArray[Any]]] = {}
 
     def scans(self) -> list[ScanSummary]:
         summaries = []
@@ -145,10 +145,20 @@ class ScanLibrary:
         return self.defaults[scan]
 
     def _read(self, scan: str, axis: Axis, index: int) -> NDArray[Any]:
+        """From the cache, else from the prefetch already reading it, else from Tiled."""
         key = (scan, axis, index)
         cached = self.cache.get(key)
         if cached is not None:
             return cached
+        prefetch = self.prefetches.get(key)
+        # A queued prefetch is dropped (read now, not after the queue); one under way is waited for
+        # rather than read a second time, and read again here only if it failed.
+        if prefetch is not None and not prefetch.cancel() and prefetch.exception() is None:
+            return prefetch.result()
+        return self._fetch(key)
+
+    def _fetch(self, key: tuple) -> NDArray[Any]:
+        scan, axis, index = key
         node = self.volume(scan).node
         selection = {"z": (index,), "y": (slice(None), index), "x": (slice(None), slice(None), index)}[axis]
         image = np.asarray(node[selection])
@@ -161,17 +171,10 @@ class ScanLibrary:
         for offset in range(1, PREFETCH_NEIGHBOURS + 1):
             for neighbour in (index + offset, index - offset):
                 key = (scan, axis, neighbour)
-                if 0 <= neighbour < shape[0] and key not in self.pending and self.cache.get(key) is None:
-                    self.pending.add(key)
-                    self.prefetcher.submit(self._prefetch, key)
-
-    def _prefetch(self, key: tuple) -> None:
-        try:
-            self._read(*key)
-        except Exception:  # noqa: BLE001 - a failed prefetch is retried when the slice is asked for
-            pass
-        finally:
-            self.pending.discard(key)
+                if 0 <= neighbour < shape[0] and key not in self.prefetches and self.cache.get(key) is None:
+                    prefetch = self.prefetcher.submit(self._fetch, key)
+                    self.prefetches[key] = prefetch
+                    prefetch.add_done_callback(lambda _, key=key: self.prefetches.pop(key, None))
 
 
 def check_slice(shape: tuple[int, ...], axis: str, index: int) -> None:

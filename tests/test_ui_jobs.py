@@ -67,7 +67,9 @@ def choose_model(page: Page, name: str) -> None:
 
 
 def set_field(page: Page, label: str, value: str) -> None:
+    """Type into a field of the model form, opening its "Training" section if it is there."""
     field = page.locator("#model-form").get_by_label(label).first
+    field.evaluate("element => { const section = element.closest('details'); if (section) { section.open = true; } }")
     field.fill(value)
     field.press("Enter")
 
@@ -138,8 +140,7 @@ def test_a_failing_job_says_what_went_wrong(page):
     pick_scan(page, SCAN)
     expect(page.locator("#annotation-status")).to_be_empty()
     expect(page.locator("#job-list")).to_contain_text("Completed")
-    choose_model(page, "TUNet")
-    page.locator("#model-form").get_by_text("Training", exact=True).click()
+    expect(page.locator("#model-name")).to_contain_text("TUNet")  # the default model
     set_field(page, "num epochs", "1")
     set_field(page, "weights", "1, 2, 3")  # the mask has two classes
     expect(page.locator("#model-errors")).to_be_empty()
@@ -152,3 +153,22 @@ def test_a_failing_job_says_what_went_wrong(page):
     page.screenshot(path=SCREENSHOTS / "failed-job.png")
     notification.get_by_role("button", name="Dismiss").click()
     expect(notification).to_have_count(0)
+
+
+def test_a_running_job_is_cancelled_from_its_card(page):
+    pick_scan(page, SCAN)
+    expect(page.locator("#job-list")).to_contain_text("Completed")
+    expect(page.locator("#model-name")).to_contain_text("TUNet")  # the default model
+    set_field(page, "depth", "2")
+    set_field(page, "base channels", "4")
+    set_field(page, "num epochs", "10000")
+    set_field(page, "patches per epoch", "32")
+    set_field(page, "early stopping patience", "10000")
+    page.get_by_role("button", name="Train").click()
+    job = page.locator("#job-list .job").first
+    expect(job.locator(".state")).to_have_text("Running", timeout=JOB_MILLISECONDS)
+    expect(job).to_contain_text("epoch", timeout=JOB_MILLISECONDS)  # training, with its loss on the card
+    expect(page.locator("#loss-plot")).to_be_visible()
+    job.get_by_role("button", name="Cancel").click()
+    expect(job.locator(".state")).to_have_text("Cancelled", timeout=JOB_MILLISECONDS)
+    expect(job.get_by_role("button", name="Cancel")).to_have_count(0)

@@ -47,7 +47,7 @@ def test_pick_a_scan_and_move_through_slices_with_the_keys(page):
     expect(page.locator("#slice-label")).to_have_text("z = 33 / 63")
     page.keyboard.press("PageDown")
     expect(page.locator("#slice-label")).to_have_text("z = 23 / 63")
-    assert "/slices/sample/z/23.jpeg" in image.get_attribute("href")
+    expect(image).to_have_attribute("href", re.compile(r"/slices/sample/z/23\.jpeg"))  # once it has loaded
     loaded = page.evaluate(
         "url => fetch(url).then(response => [response.status, response.headers.get('content-type')])",
         image.get_attribute("href"),

@@ -4,7 +4,7 @@ const viewerState = { index: null, last: 0, view: null };  // the slice and view
 window.dash_clientside = Object.assign({}, window.dash_clientside, {
   mlexTomo: {
     sliceFigure: function (defaults, axis, index, window, tool, brushSize, activeClass, annotations, maskPath,
-                           labelOpacity, visibleClasses, result, resultOpacity, resultClasses, viewport) {
+                           labelOpacity, visibleClasses, result, resultOpacity, resultClasses, viewport, sliceLoaded) {
       if (!defaults) {
         return [{ data: [], layout: { xaxis: { visible: false }, yaxis: { visible: false } } }, ""];
       }
@@ -20,7 +20,8 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
         source: source, name: name, xref: "x", yref: "y", x: 0, y: 0, sizex: width, sizey: height,
         sizing: "stretch", layer: name === "slice" ? "below" : "above", opacity: opacity,
       });
-      const images = [layer(`/slices/${scan}/${axis}/${index}.jpeg?low=${low}&high=${high}&max_size=${maxSize}`, "slice", 1)];
+      const wanted = `/slices/${scan}/${axis}/${index}.jpeg?low=${low}&high=${high}&max_size=${maxSize}`;
+      const images = [layer(sliceSource(wanted, `${defaults.scan}/${axis}`), "slice", 1)];
       if (result && result.scan === defaults.scan && axis === "z") {
         const hidden = result.classes.filter((label) => !(resultClasses || []).includes(label));
         if (hidden.length < result.classes.length) {
@@ -116,6 +117,39 @@ function strokeFromShape(shape, tool, classId, width) {
 
 function hiddenQuery(hidden) {
   return hidden.length ? `&hidden=${hidden.join(",")}` : "";
+}
+
+// While a slider is dragged, every change would replace the image URL and Chromium would
+// drop the load under way, painting nothing until the drag stops. So one slice image is
+// loaded at a time, off screen, and the figure shows the newest one loaded; once it has
+// loaded, the figure is redrawn (the `slice-loaded` store) and the newest wanted slice
+// is loaded next. A new scan or axis is shown at once.
+const sliceLoads = { view: null, shown: null, loading: null, wanted: null };
+
+function sliceSource(wanted, view) {
+  if (view !== sliceLoads.view || sliceLoads.shown === null) {
+    Object.assign(sliceLoads, { view: view, shown: wanted, wanted: wanted });
+    return wanted;
+  }
+  sliceLoads.wanted = wanted;
+  if (wanted !== sliceLoads.shown && sliceLoads.loading === null) {
+    loadSlice(wanted);
+  }
+  return sliceLoads.shown;
+}
+
+function loadSlice(source) {
+  sliceLoads.loading = source;
+  const image = new Image();
+  image.onload = image.onerror = function () {
+    sliceLoads.loading = null;
+    sliceLoads.shown = source;
+    if (sliceLoads.wanted !== source) {
+      loadSlice(sliceLoads.wanted);
+    }
+    globalThis.dash_clientside.set_props("slice-loaded", { data: source });
+  };
+  image.src = source;
 }
 
 // The part of the slice on screen: the whole slice for a new scan or axis, otherwise

@@ -37,6 +37,7 @@ def layout() -> html.Div:
                 ],
             ),
             dcc.Store(id="viewport"),
+            dcc.Store(id="slice-loaded"),
             html.Div(
                 className="contrast",
                 children=[
@@ -110,6 +111,7 @@ def register_callbacks(app: Dash, library: ScanLibrary) -> None:
         Input("label-opacity", "value"), Input("visible-classes", "value"),
         Input("shown-result", "data"), Input("result-opacity", "value"), Input("result-classes", "value"),
         Input("viewport", "data"),  # a zoom or pan: redraw at the resolution the view now needs
+        Input("slice-loaded", "data"),  # a slice image arrived: show it (see sliceSource in viewer.js)
     )
 
     app.clientside_callback(

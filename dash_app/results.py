@@ -52,10 +52,11 @@ class ResultOverlays:
         self.connect = connect
         self.finished: dict[str, ResultDescription] = {}
 
-    def describe(self, job_id: str) -> ResultDescription:
+    def describe(self, job_id: str, results: Any = None) -> ResultDescription:
+        """`results`: the `/results` container when the caller has one open already."""
         if job_id in self.finished:
             return self.finished[job_id]
-        results = self.connect()[RESULTS]
+        results = self.connect()[RESULTS] if results is None else results
         if job_id not in results:
             raise ResultNotFound(f"no result {job_id!r} in Tiled")
         metadata = dict(results[job_id].metadata)
@@ -67,7 +68,8 @@ class ResultOverlays:
 
     def overlay(self, job_id: str, z: int, shape: tuple[int, int], hidden: set[int]) -> tuple[NDArray[np.uint8], bool]:
         """(RGBA overlay of slice z, whether it is final); transparent where the job did not segment."""
-        description = self.describe(job_id)
+        results = self.connect()[RESULTS]  # one connection for the description and the slice
+        description = self.describe(job_id, results)
         colours = {
             int(index): rgb(info.get("color") or PALETTE[int(index) % len(PALETTE)])
             for index, info in description.classes.items()
@@ -75,5 +77,5 @@ class ResultOverlays:
         if z not in description.slices:
             return colour_labels(np.full(shape, UNLABELLED, np.int8), {}), description.finished
         row = description.slices.index(z)
-        labels = np.asarray(self.connect()[RESULTS][job_id][RESULT_KEY][row])
+        labels = np.asarray(results[job_id][RESULT_KEY][row])
         return colour_labels(labels, colours, hidden), description.finished

@@ -73,6 +73,17 @@ class RunSummary(BaseModel):
         return self.job_ids.get("infer") or self.job_ids.get("train")
 
 
+def summaries_from_store(shown: list[dict[str, Any]] | None) -> list[RunSummary]:
+    """The runs the job list holds (its `runs` store), less the entry that reports Prefect unreachable."""
+    return [RunSummary.model_validate(run) for run in shown or [] if "error" not in run]
+
+
+def selected_run(shown: list[dict[str, Any]] | None, selected: str | None) -> RunSummary | None:
+    """The run the user clicked, else the newest."""
+    summaries = summaries_from_store(shown)
+    return next((run for run in summaries if run.id == selected), summaries[0] if summaries else None)
+
+
 class SegmentationRuns:
     def __init__(self, settings: StackSettings) -> None:
         self.api_url = settings.prefect.resolved_api_url

@@ -170,9 +170,10 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
         if current is None:
             return no_update, no_update, no_update, no_update, "Pick a scan first."
         trigger, applied = ctx.triggered_id, applied or 0
-        painted, applied_now, refused = with_strokes(Annotations.model_validate(current), pending, applied)
+        annotations = Annotations.model_validate(current)
+        painted, applied_now, refused = with_strokes(annotations, pending, applied)
         refusal = f" A stroke was refused: {'; '.join(refused)}." if refused else ""
-        if painted.slices != Annotations.model_validate(current).slices:
+        if painted.slices != annotations.slices:
             history = {"past": [*history["past"], current][-HISTORY_LIMIT:], "future": []}
             current = painted.model_dump(mode="json")
         if trigger in ("undo", "redo"):

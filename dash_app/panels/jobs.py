@@ -16,7 +16,7 @@ from dash import ALL, Dash, Input, Output, State, ctx, dcc, html, no_update
 from pydantic import ValidationError
 
 from dash_app import model_form
-from dash_app.runs import RunSummary, SegmentationRuns
+from dash_app.runs import RunSummary, SegmentationRuns, selected_run, summaries_from_store
 from flows.segmentation import SegmentationRequest
 from mlex_tomo.settings import StackSettings
 from mlex_tomo.tiled_layout import RECONS, node_uri
@@ -117,8 +117,7 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
         prevent_initial_call=True,
     )
     def segment_volume(_, scan, shown_runs, selected):
-        trained = [RunSummary.model_validate(run) for run in shown_runs or [] if "error" not in run]
-        trained = [run for run in trained if run.completed and "train" in run.job_ids]
+        trained = [run for run in summaries_from_store(shown_runs) if run.completed and "train" in run.job_ids]
         chosen = next((run for run in trained if run.id == selected), trained[0] if trained else None)
         if scan is None or chosen is None:
             return "Train a model first (or select a finished training job).", no_update
@@ -169,9 +168,8 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
             return html.P("No jobs for this scan yet.", className="details")
         if "error" in shown[0]:
             return html.P(shown[0]["error"], className="details")
-        summaries = [RunSummary.model_validate(run) for run in shown]
-        selected = selected or summaries[0].id
-        return [job_card(run, run.id == selected) for run in summaries]
+        shown_selected = selected_run(shown, selected)
+        return [job_card(run, run.id == shown_selected.id) for run in summaries_from_store(shown)]
 
     @app.callback(
         Output("selected-run", "data", allow_duplicate=True),
@@ -196,8 +194,7 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
 
     @app.callback(Output("loss-plot", "figure"), Output("loss-plot", "style"), Input("runs", "data"), Input("selected-run", "data"))
     def plot_loss(shown, selected):
-        summaries = [RunSummary.model_validate(run) for run in shown or [] if "error" not in run]
-        run = next((run for run in summaries if run.id == selected), summaries[0] if summaries else None)
+        run = selected_run(shown, selected)
         if run is None or not run.epochs:
             return no_update, {"display": "none"}
         return loss_figure(run), {"display": "block"}

@@ -7,7 +7,7 @@ from typing import Any
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
 from dash_app.results import ResultDescription, ResultNotFound, ResultOverlays
-from dash_app.runs import RunSummary
+from dash_app.runs import selected_run
 
 
 def layout() -> html.Div:
@@ -32,8 +32,7 @@ def register_callbacks(app: Dash, results: ResultOverlays) -> None:
         State("shown-result", "data"),
     )
     def show(shown_runs, selected, scan, shown):
-        summaries = [RunSummary.model_validate(run) for run in shown_runs or [] if "error" not in run]
-        run = next((run for run in summaries if run.id == selected), summaries[0] if summaries else None)
+        run = selected_run(shown_runs, selected)
         job_id = run.result_job_id if run else None
         if job_id is None:
             return nothing_shown(shown, "Select a finished job to overlay its labels.")

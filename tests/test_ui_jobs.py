@@ -138,7 +138,7 @@ def job_run_id(page: Page) -> str:
 
 def test_a_failing_job_says_what_went_wrong(page):
     pick_scan(page, SCAN)
-    expect(page.locator("#annotation-status")).to_be_empty()
+    expect(page.locator("#annotation-status")).to_have_text("Loaded 4 strokes on 2 slices.")  # Train needs them
     expect(page.locator("#job-list")).to_contain_text("Completed")
     expect(page.locator("#model-name")).to_contain_text("TUNet")  # the default model
     set_field(page, "num epochs", "1")
@@ -157,6 +157,7 @@ def test_a_failing_job_says_what_went_wrong(page):
 
 def test_a_running_job_is_cancelled_from_its_card(page):
     pick_scan(page, SCAN)
+    expect(page.locator("#annotation-status")).to_have_text("Loaded 4 strokes on 2 slices.")
     expect(page.locator("#job-list")).to_contain_text("Completed")
     expect(page.locator("#model-name")).to_contain_text("TUNet")  # the default model
     set_field(page, "depth", "2")

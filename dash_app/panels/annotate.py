@@ -122,6 +122,15 @@ def without_class(annotations: Annotations, class_id: int) -> Annotations:
     return updated
 
 
+def painted_summary(annotations: Annotations) -> str:
+    strokes = sum(len(strokes) for strokes in annotations.slices.values())
+    return f"{plural(strokes, 'stroke')} on {plural(len(annotations.slices), 'slice')}"
+
+
+def plural(count: int, noun: str) -> str:
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def class_info(name: str | None, colour: str) -> ClassInfo:
     name = (name or "").strip()
     if not name:
@@ -138,24 +147,25 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
 
     @app.callback(
         Output("annotations", "data"), Output("history", "data"), Output("mask-path", "data"),
+        Output("annotation-status", "children"),
         Input("display-defaults", "data"),
     )
     def load(defaults: dict | None):
         if defaults is None:
-            return None, {"past": [], "future": []}, None
+            return None, {"past": [], "future": []}, None, ""
         found = latest_annotations(connect(settings), defaults["scan"])
         if found is None:
             fresh = Annotations(scan=defaults["scan"], slice_shape=tuple(defaults["shape"][1:]), classes=DEFAULT_CLASSES)
-            return fresh.model_dump(mode="json"), {"past": [], "future": []}, None
+            return fresh.model_dump(mode="json"), {"past": [], "future": []}, None, ""
         path, annotations = found
-        return annotations.model_dump(mode="json"), {"past": [], "future": []}, path
+        return annotations.model_dump(mode="json"), {"past": [], "future": []}, path, f"Loaded {painted_summary(annotations)}."
 
     @app.callback(
         Output("annotations", "data", allow_duplicate=True),
         Output("history", "data", allow_duplicate=True),
         Output("mask-path", "data", allow_duplicate=True),
         Output("strokes-applied", "data"),
-        Output("annotation-status", "children"),
+        Output("annotation-status", "children", allow_duplicate=True),
         Input("pending-strokes", "data"),
         Input("undo", "n_clicks"),
         Input("redo", "n_clicks"),
@@ -196,8 +206,7 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
         else:
             updated = painted
         path = save(updated)
-        strokes = sum(len(strokes) for strokes in updated.slices.values())
-        status = f"{strokes} strokes on {len(updated.slices)} slices, saved.{refusal}"
+        status = f"{painted_summary(updated)}, saved.{refusal}"
         return updated.model_dump(mode="json"), history, path, applied_now, status
 
     @app.callback(

@@ -49,9 +49,14 @@ def to_display(image: NDArray[np.generic], low: float, high: float) -> NDArray[n
     return np.nan_to_num(scaled, nan=0.0).astype(np.uint8)
 
 
+def stride_for(shape: tuple[int, ...], max_size: int) -> int:
+    """Take every n-th pixel, n the smallest that brings the longer side to at most `max_size`."""
+    return max(1, -(-max(shape) // max_size))
+
+
 def downsample(image: NDArray[np.generic], max_size: int) -> NDArray[np.generic]:
     """Every n-th pixel so the longer side is at most `max_size`: fast, and exact at full size."""
-    step = -(-max(image.shape) // max_size)
+    step = stride_for(image.shape, max_size)
     return image[::step, ::step] if step > 1 else image
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from dash_app.imaging import downsample, encode, to_display
+from dash_app.imaging import encode, to_display
 from dash_app.masks import MaskOverlays
 from dash_app.results import ResultNotFound, ResultOverlays
 from dash_app.volumes import InvalidSlice, ScanLibrary, ScanNotFound, check_slice
@@ -53,15 +53,13 @@ def slice_routes(library: ScanLibrary, masks: MaskOverlays, results: ResultOverl
             return _problem(400, f"format must be png or jpeg, not {image_format!r}")
         try:
             low, high, max_size = _window_arguments(library, scan)
-            image = library.slice(scan, axis, index)
+            image = library.slice(scan, axis, index, max_size)
         except ScanNotFound as error:
             return _problem(404, str(error))
         except (InvalidSlice, ValueError) as error:
             return _problem(400, str(error))
-        body = encode(to_display(downsample(image, max_size), low, high), image_format)
-        response = Response(body, mimetype=f"image/{image_format}")
+        response = Response(encode(to_display(image, low, high), image_format), mimetype=f"image/{image_format}")
         response.headers["Cache-Control"] = f"private, max-age={IMAGE_CACHE_SECONDS}"
-        response.headers["X-Slice-Shape"] = "x".join(str(extent) for extent in image.shape)
         return response
 
     @routes.get("/scans/<scan>/display")

@@ -205,7 +205,11 @@ class UISettings(Section):
     username: str | None = Field(default=None, description="Basic-auth user; login is off unless set with a password.")
     password: SecretStr | None = Field(default=None, description="Basic-auth password.")
     password_file: Path | None = Field(default=None, description="File holding the basic-auth password.")
-    image_cache_mib: int = Field(default=256, ge=0, le=65536, description="Memory for slices read from Tiled.")
+    image_cache_mib: int = Field(
+        default=64, ge=0, le=65536,
+        description="Memory for slices read from Tiled, at the resolution shown (a 1024² uint16 slice: 2 MiB). "
+        "Slices read ahead land here; slices already seen are also in the browser's cache.",
+    )
     scan_refresh_seconds: float = Field(default=5.0, gt=0, description="How often the scan list looks for new scans.")
     status_refresh_seconds: float = Field(default=10.0, gt=0, description="How often the status panel probes services.")
     jobs_refresh_seconds: float = Field(default=2.0, gt=0, description="How often the job list follows runs in Prefect.")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+from concurrent import futures
 
 import numpy as np
 import pytest
@@ -11,6 +12,7 @@ from PIL import Image
 
 from dash_app.app import create_app
 from dash_app.imaging import colour_labels, display_range, downsample, to_display
+from dash_app.volumes import PREFETCH_SLAB, ScanLibrary
 from mlex_tomo.settings import load_settings
 from segmentation.tiled_io import ResultWriter
 from tests.services import Services
@@ -142,6 +144,33 @@ def test_a_results_labels_are_overlaid_in_their_colours_less_the_hidden_classes(
     finished = client.get("/results/scan/labels-job/1.png")
     assert decoded(finished)[0, 25].tolist() == [255, 0, 0, 255]
     assert "max-age" in finished.headers["Cache-Control"]
+
+
+@pytest.mark.stack
+def test_slices_are_read_strided_and_the_next_ones_are_prefetched_in_slabs(services):
+    tall = np.random.default_rng(2).random((30, 12, 10), dtype=np.float32)
+    services.tiled(writable=True)["recons"].create_container("tall").write_array(tall, key="data", metadata={})
+    library = ScanLibrary(services.tiled, cache_bytes=2**20)
+
+    def cached() -> set[int]:
+        futures.wait(list(library.prefetches.values()))
+        return {index for scan, _, index, _ in library.cache.entries if scan == "tall"}
+
+    np.testing.assert_array_equal(library.slice("tall", "z", 3, max_size=5), tall[3, ::3, ::3])
+    assert cached() == {2, 3, 4}  # a first look: one slice on each side
+    library.slice("tall", "z", 4, max_size=5)
+    assert cached() == {2, 3, *range(4, 4 + PREFETCH_SLAB + 1)}  # moving up: a slab ahead
+    for index in range(5, 5 + PREFETCH_SLAB // 2):
+        library.slice("tall", "z", index, max_size=5)
+    assert max(cached()) == 4 + PREFETCH_SLAB  # half a slab still ahead: half a slab left: nothing more read yet
+    library.slice("tall", "z", 5 + PREFETCH_SLAB // 2, max_size=5)  # fewer than half a slab left
+    assert max(cached()) == 4 + 2 * PREFETCH_SLAB
+    np.testing.assert_array_equal(library.slice("tall", "z", 10, max_size=5), tall[10, ::3, ::3])  # from a slab
+    library.slice("tall", "z", 28, max_size=5)
+    assert {27, 28, 29} <= cached()  # a jump: one slice on each side
+    library.slice("tall", "z", 6, max_size=12)
+    assert (*library.cache.entries,)[-1] == ("tall", "z", 6, 1)  # another resolution is another read
+    np.testing.assert_array_equal(library.slice("tall", "y", 7, max_size=6), tall[::5, 7, ::5])
 
 
 def test_window_maps_to_the_full_byte_range_and_clips():

@@ -1,5 +1,5 @@
 // Builds the slice figure in the browser around an image URL, and moves through slices with keys.
-const viewerState = { index: null, last: 0, view: null };  // the slice and view shown, as the figure was last drawn
+const viewerState = { index: null, last: 0, view: null, drawing: null };  // the slice, view and figure, as last drawn
 
 window.dash_clientside = Object.assign({}, window.dash_clientside, {
   mlexTomo: {
@@ -21,12 +21,14 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
         sizing: "stretch", layer: name === "slice" ? "below" : "above", opacity: opacity,
       });
       const wanted = `/slices/${scan}/${axis}/${index}.jpeg?low=${low}&high=${high}&max_size=${maxSize}`;
-      const images = [layer(sliceSource(wanted, `${defaults.scan}/${axis}`), "slice", 1)];
+      // Overlays follow the slice on screen, which may still be an earlier one (see sliceSource).
+      const [source, drawn] = sliceSource(wanted, index, `${defaults.scan}/${axis}`);
+      const images = [layer(source, "slice", 1)];
       if (result && result.scan === defaults.scan && axis === "z") {
         const hidden = result.classes.filter((label) => !(resultClasses || []).includes(label));
         if (hidden.length < result.classes.length) {
           const job = encodeURIComponent(result.job_id);
-          images.push(layer(`/results/${scan}/${job}/${index}.png?status=${result.status}${hiddenQuery(hidden)}`, "result", resultOpacity));
+          images.push(layer(`/results/${scan}/${job}/${drawn}.png?status=${result.status}${hiddenQuery(hidden)}`, "result", resultOpacity));
         }
       }
       if (maskPath && axis === "z" && annotations) {
@@ -34,7 +36,7 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
         const hidden = ids.flatMap((id, position) => (visibleClasses || []).includes(id) ? [] : [position]);
         if (hidden.length < ids.length) {
           const maskId = maskPath.split("/")[2];
-          images.push(layer(`/masks/${scan}/${maskId}/${index}.png${hiddenQuery(hidden).replace("&", "?")}`, "labels", labelOpacity));
+          images.push(layer(`/masks/${scan}/${maskId}/${drawn}.png${hiddenQuery(hidden).replace("&", "?")}`, "labels", labelOpacity));
         }
       }
       const classInfo = annotations && annotations.classes[String(activeClass)];
@@ -58,7 +60,15 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       const last = defaults.shape[axes.indexOf(axis)] - 1;
       viewerState.index = index;
       viewerState.last = last;
-      return [figure, `${axis} = ${index} / ${last}`];
+      const label = `${axis} = ${index} / ${last}`;
+      // While a dragged slider waits for its slice, each change leaves the figure as it is:
+      // redrawing it unchanged would cost a Plotly redraw per pointer event.
+      const drawing = JSON.stringify(figure);
+      if (drawing === viewerState.drawing) {
+        return [globalThis.dash_clientside.no_update, label];
+      }
+      viewerState.drawing = drawing;
+      return [figure, label];
     },
 
     // Zooming and panning report the visible part of the slice, which sets the image resolution.
@@ -120,37 +130,45 @@ function hiddenQuery(hidden) {
 }
 
 // While a slider is dragged, every change would replace the image URL and Chromium would
-// drop the load under way, painting nothing until the drag stops. So one slice image is
-// loaded at a time, off screen, and the figure shows the newest one loaded; once it has
-// loaded, the figure is redrawn (the `slice-loaded` store) and the newest wanted slice
-// is loaded next. A new scan or axis is shown at once.
-const sliceLoads = { view: null, shown: null, loading: null, wanted: null };
+// drop the load under way, painting nothing until the drag stops. So the figure keeps the
+// URL it is loading until that image has loaded; then, if the user has moved on, the
+// figure is redrawn (the `slice-loaded` store) with the newest slice wanted. A new scan
+// or axis is shown at once, and a load that never finishes is given up after a while.
+const sliceLoads = { view: null, shown: null, loading: null, wanted: null, since: 0, preload: null };
+const SLICE_LOAD_GIVE_UP_MILLISECONDS = 3000;
 
-function sliceSource(wanted, view) {
-  if (view !== sliceLoads.view || sliceLoads.shown === null) {
-    Object.assign(sliceLoads, { view: view, shown: wanted, wanted: wanted });
-    return wanted;
+// The slice image to draw and its index: the one wanted, unless another is still loading.
+function sliceSource(wanted, index, view) {
+  if (view !== sliceLoads.view) {
+    Object.assign(sliceLoads, { view: view, shown: null, loading: null });
   }
-  sliceLoads.wanted = wanted;
-  if (wanted !== sliceLoads.shown && sliceLoads.loading === null) {
-    loadSlice(wanted);
+  sliceLoads.wanted = { source: wanted, index: index };
+  const stalled = performance.now() - sliceLoads.since > SLICE_LOAD_GIVE_UP_MILLISECONDS;
+  if (sliceLoads.loading !== null && !stalled) {
+    return [sliceLoads.loading.source, sliceLoads.loading.index];
   }
-  return sliceLoads.shown;
+  sliceLoads.loading = sliceLoads.shown && wanted === sliceLoads.shown.source ? null : sliceLoads.wanted;
+  sliceLoads.since = performance.now();
+  if (sliceLoads.loading) {
+    sliceLoads.preload = new Image();  // the request leaves now, not after Plotly's redraw
+    sliceLoads.preload.src = wanted;
+  }
+  return [wanted, index];
 }
 
-function loadSlice(source) {
-  sliceLoads.loading = source;
-  const image = new Image();
-  image.onload = image.onerror = function () {
-    sliceLoads.loading = null;
-    sliceLoads.shown = source;
-    if (sliceLoads.wanted !== source) {
-      loadSlice(sliceLoads.wanted);
-    }
-    globalThis.dash_clientside.set_props("slice-loaded", { data: source });
-  };
-  image.src = source;
+function sliceImageDone(event) {
+  const image = event.target;
+  if (!(image instanceof SVGImageElement) || !sliceLoads.loading || image.href.baseVal !== sliceLoads.loading.source) {
+    return;
+  }
+  sliceLoads.shown = sliceLoads.loading;
+  sliceLoads.loading = null;
+  if (sliceLoads.wanted.source !== sliceLoads.shown.source) {
+    globalThis.dash_clientside.set_props("slice-loaded", { data: sliceLoads.wanted.source });
+  }
 }
+document.addEventListener("load", sliceImageDone, true);
+document.addEventListener("error", sliceImageDone, true);
 
 // The part of the slice on screen: the whole slice for a new scan or axis, otherwise
 // where the user zoomed and panned to. Carried into every redrawn figure explicitly,

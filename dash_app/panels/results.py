@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from dash import Dash, Input, Output, State, dcc, html, no_update
+from dash import Dash, Input, Output, State, dcc, html, no_update, set_props
 
 from dash_app.results import ResultDescription, ResultNotFound, ResultOverlays
 from dash_app.runs import selected_run
@@ -26,12 +26,17 @@ def layout() -> html.Div:
 
 def register_callbacks(app: Dash, results: ResultOverlays) -> None:
     @app.callback(
-        Output("shown-result", "data"), Output("result-details", "children"),
-        Output("result-classes", "options"), Output("result-classes", "value"),
+        Output("result-details", "children"), Output("result-classes", "options"),
         Input("runs", "data"), Input("selected-run", "data"), Input("scan", "value"),
         State("shown-result", "data"),
     )
     def show(shown_runs, selected, scan, shown):
+        """Sets what the slice figure draws (`shown-result`, `result-classes`) with set_props, not as outputs.
+
+        Dash holds back every callback whose inputs descend from one still pending: with
+        declared outputs, the slice figure would wait on each job-list refresh, a Prefect
+        round trip, and a slider dragged meanwhile would stall.
+        """
         run = selected_run(shown_runs, selected)
         job_id = run.result_job_id if run else None
         if job_id is None:
@@ -42,19 +47,23 @@ def register_callbacks(app: Dash, results: ResultOverlays) -> None:
             return nothing_shown(shown, f"{job_id}: no labels in Tiled yet.")
         state = {"scan": scan, "job_id": job_id, "status": description.status, "classes": sorted(int(index) for index in description.classes)}
         if state == shown:
-            return no_update, no_update, no_update, no_update
+            return no_update, no_update
         options = [
             {"label": html.Span(info.get("label", index), style={"borderLeft": f"1rem solid {info.get('color', '#888')}", "paddingLeft": "0.4rem"}), "value": int(index)}
             for index, info in sorted(description.classes.items(), key=lambda item: int(item[0]))
         ]
-        return state, details(description), options, state["classes"]
+        set_props("shown-result", {"data": state})
+        set_props("result-classes", {"value": state["classes"]})
+        return details(description), options
 
 
 def nothing_shown(shown: dict | None, message: str) -> tuple:
-    """Clear the overlay, once: every change of these outputs redraws the slice figure."""
-    if shown is None:
-        return no_update, html.P(message), no_update, no_update
-    return None, html.P(message), [], []
+    """Clear the overlay, once: every change of these props redraws the slice figure."""
+    if shown is not None:
+        set_props("shown-result", {"data": None})
+        set_props("result-classes", {"value": []})
+        return html.P(message), []
+    return html.P(message), no_update
 
 
 def details(description: ResultDescription) -> list[Any]:

@@ -6,16 +6,13 @@ where the app finds the annotation to keep editing after a reload or a restart.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
 
 from dash_app.annotations import UNLABELLED, Annotations, to_mask
 from dash_app.imaging import colour_labels, rgb
-from mlex_tomo.tiled_layout import MASKS
-
-MASK_KEY = "mask"
+from mlex_tomo.tiled_layout import MASK_KEY, MASKS, write_mask
 
 
 def save_annotations(tiled: Any, annotations: Annotations, data_uri: str, created_by: str) -> str | None:
@@ -23,23 +20,10 @@ def save_annotations(tiled: Any, annotations: Annotations, data_uri: str, create
     mask_idx, labels, classes = to_mask(annotations)
     if not mask_idx:
         return None
-    mask_id = annotations.mask_id()
-    path = f"{MASKS}/{annotations.scan}/{mask_id}/{MASK_KEY}"
-    scan_masks = _child_container(tiled[MASKS], annotations.scan)
-    if mask_id in scan_masks:
-        return path
-    metadata = {
-        "data_uri": data_uri,
-        "mask_idx": mask_idx,
-        "classes": classes,
-        "created_by": created_by,
-        "created_at": datetime.now(timezone.utc).isoformat(),
-        "annotations": annotations.model_dump(mode="json"),
-    }
-    scan_masks.create_container(mask_id, metadata={"created_at": metadata["created_at"]}).write_array(
-        labels, key=MASK_KEY, metadata=metadata
+    return write_mask(
+        tiled, annotations.scan, mask_idx, labels, classes, data_uri, created_by,
+        mask_id=annotations.mask_id(), extra_metadata={"annotations": annotations.model_dump(mode="json")},
     )
-    return path
 
 
 def latest_annotations(tiled: Any, scan: str) -> tuple[str, Annotations] | None:
@@ -56,10 +40,6 @@ def latest_annotations(tiled: Any, scan: str) -> tuple[str, Annotations] | None:
         return None
     mask = masks[scan][newest[1]][MASK_KEY]
     return f"{MASKS}/{scan}/{newest[1]}/{MASK_KEY}", Annotations.model_validate(mask.metadata["annotations"])
-
-
-def _child_container(parent: Any, key: str) -> Any:
-    return parent[key] if key in parent else parent.create_container(key)
 
 
 class MaskOverlays:

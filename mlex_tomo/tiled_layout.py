@@ -7,7 +7,8 @@
 
 from __future__ import annotations
 
-from datetime import datetime
+import hashlib
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel, ConfigDict
@@ -73,3 +74,33 @@ def ensure_containers(client: Container) -> list[str]:
             client.create_container(name, metadata={"description": CONTAINER_DESCRIPTIONS[name]})
             created.append(name)
     return created
+
+
+MASK_KEY = "mask"
+
+
+def write_mask(
+    client: Container, scan: str, mask_idx: list[int], labels: Any, classes: dict[str, dict[str, str]],
+    data_uri: str, created_by: str, mask_id: str | None = None, extra_metadata: dict[str, Any] | None = None,
+) -> str:
+    """Store `/masks/<scan>/<mask_id>/mask` once per content; return its node path.
+
+    `mask_id` defaults to a hash of the labels, slice indices and classes, so the same
+    mask written twice is stored once.
+    """
+    if mask_id is None:
+        digest = hashlib.sha256(labels.tobytes())
+        digest.update(repr((mask_idx, sorted(classes.items()), labels.shape)).encode())
+        mask_id = digest.hexdigest()[:32]
+    path = f"{MASKS}/{scan}/{mask_id}/{MASK_KEY}"
+    masks = client[MASKS]
+    scan_masks = masks[scan] if scan in masks else masks.create_container(scan)
+    if mask_id in scan_masks:
+        return path
+    created_at = datetime.now(timezone.utc).isoformat()
+    metadata = {
+        "data_uri": data_uri, "mask_idx": list(mask_idx), "classes": classes,
+        "created_by": created_by, "created_at": created_at, **(extra_metadata or {}),
+    }
+    scan_masks.create_container(mask_id, metadata={"created_at": created_at}).write_array(labels, key=MASK_KEY, metadata=metadata)
+    return path

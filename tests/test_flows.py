@@ -22,7 +22,7 @@ from tiled.client import from_uri
 
 from mlex_tomo.phantom import PhantomSpec, generate
 from segmentation.metrics import mean_iou
-from tests.scribbles import paint_scribbles
+from mlex_tomo.scribbles import paint_scribbles
 from tests.services import RunningStack, wait_for
 
 pytestmark = pytest.mark.stack

@@ -19,7 +19,7 @@ from mlex_tomo.phantom import PhantomSpec, generate
 from segmentation.__main__ import main
 from segmentation.metrics import mean_iou
 from segmentation.parameters import JobParameters
-from tests.scribbles import paint_scribbles
+from mlex_tomo.scribbles import paint_scribbles
 from tests.services import Services, clean_environment, free_ports
 
 REPOSITORY = Path(__file__).resolve().parents[1]

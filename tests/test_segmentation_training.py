@@ -31,7 +31,7 @@ from segmentation.training import (
     split_labelled_pixels,
     train_network,
 )
-from tests.scribbles import paint_scribbles
+from mlex_tomo.scribbles import paint_scribbles
 
 PHANTOM = PhantomSpec(shape=(128, 128, 128), seed=11)
 LABELLED_SLICES = [40, 88]  # 1.6 % of the slices

@@ -7,6 +7,7 @@ layout and its callbacks) to one `ScanLibrary`, the only thing that talks to Til
 from __future__ import annotations
 
 import base64
+import importlib
 import secrets
 
 from dash import Dash, dcc, html
@@ -22,9 +23,15 @@ from mlex_tomo.settings import StackSettings
 from mlex_tomo.tiled_layout import connect
 
 TITLE = "mlex-tomo"
+# Tiled's array client imports Dask, xarray and pandas: 8 s on a busy 2-core machine.
+# Imported as the app starts, not when the first scan is picked. (Not in a background
+# thread: Plotly's JSON encoder in a request thread would meet a half-imported pandas.)
+SLOW_IMPORTS = ("tiled.client.array",)
 
 
 def create_app(settings: StackSettings) -> Dash:
+    for module in SLOW_IMPORTS:
+        importlib.import_module(module)
     server = Flask(__name__)
     server.add_url_rule("/healthz", "healthz", lambda: "ok")
     library = ScanLibrary(lambda: connect(settings), settings.ui.image_cache_mib * 2**20)

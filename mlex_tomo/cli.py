@@ -88,10 +88,109 @@ def _build_parser() -> argparse.ArgumentParser:
     simulate.add_argument("--no-announce", action="store_true", help="write the files only")
     simulate.add_argument("--wait", type=float, default=30.0, help="seconds to wait until Tiled serves it (0: do not wait)")
 
+    demo = add_command(
+        "demo", _demo,
+        "on a running stack: simulate a scan, paint sparse labels, train and segment through Prefect, print the IoU",
+    )
+    _add_loop_arguments(demo, default_scan=f"demo-{time.strftime('%Y%m%d-%H%M%S')}")
+    demo.add_argument("--keep", action=argparse.BooleanOptionalAction, default=True, help="keep what the demo created (default: keep)")
+
+    check = add_command(
+        "check", _check,
+        "acceptance test of a running deployment: the demo's loop, asserted; removes what it created; exit 1 on failure",
+    )
+    _add_loop_arguments(check, default_scan=f"check-{time.strftime('%Y%m%d-%H%M%S')}")
+    check.add_argument("--url", help="the web app to check (default: ui.host and ui.port from the settings)")
+    check.add_argument("--min-iou", type=float, default=0.8, help="lowest acceptable mean IoU (default 0.8)")
+    check.add_argument("--keep", action=argparse.BooleanOptionalAction, default=False, help="keep what the check created (default: remove it)")
+
     generate = add_command("generate-config", _generate_config, "write the resolved settings (without secrets) to a YAML file")
     generate.add_argument("--path", type=Path, required=True, help="file to write")
     generate.add_argument("--force", action="store_true", help="overwrite without asking")
     return parser
+
+
+def _add_loop_arguments(command: argparse.ArgumentParser, default_scan: str) -> None:
+    command.add_argument("--scan", default=default_scan, help=f"name of the simulated scan (default {default_scan.split('-')[0]}-<time>)")
+    command.add_argument("--size", type=int, default=96, help="edge of the cubic phantom in voxels (default 96)")
+    command.add_argument("--labelled-slices", type=int, default=3, help="slices with painted scribbles (default 3)")
+    command.add_argument("--model", default="RandomForest", help="RandomForest (default), MSDNet, TUNet or TUNet3+")
+    command.add_argument("--device", default="auto", help="auto (default), cuda or cpu")
+    command.add_argument(
+        "--via", default="broker",
+        help="broker (default): write a file under the recons root and announce it; tiled: upload it through Tiled",
+    )
+    command.add_argument("--timeout", type=float, default=900.0, help="seconds each of ingest and segment may take")
+
+
+def _run_loop(settings: StackSettings, arguments: argparse.Namespace):
+    """The loop as `demo` and `check` run it: (record, the error or None), or None for invalid options."""
+    from pydantic import ValidationError
+
+    from flows.demo import LoopFailed, LoopOptions, LoopRecord, run_loop
+
+    try:
+        options = LoopOptions(
+            scan=arguments.scan, size=arguments.size, labelled_slices=arguments.labelled_slices, model=arguments.model,
+            device=arguments.device, via=arguments.via, timeout_seconds=arguments.timeout,
+        )
+    except ValidationError as error:
+        problems = "; ".join(f"--{'-'.join(str(part) for part in problem['loc']).replace('_', '-')}: {problem['msg']}" for problem in error.errors())
+        print(f"mlex-tomo: {problems}", file=sys.stderr)
+        return None
+    record = LoopRecord(scan=options.scan)
+    try:
+        run_loop(settings, options, record, report=lambda line: print(line, flush=True))
+    except LoopFailed as error:
+        return record, error
+    return record, None
+
+
+def _print_summary(record) -> None:
+    stages = ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in record.seconds.items())
+    print(f"stages: {stages}")
+    if record.mean_iou is not None:
+        per_class = ", ".join(f"{iou:.3f}" for iou in record.class_iou)
+        print(f"mean IoU against the ground truth: {record.mean_iou:.3f} (per class: {per_class})")
+
+
+def _demo(settings: StackSettings, arguments: argparse.Namespace) -> int:
+    from flows.demo import clean_up
+
+    outcome = _run_loop(settings, arguments)
+    if outcome is None:
+        return EXIT_USAGE
+    record, error = outcome
+    _print_summary(record)
+    if not arguments.keep:
+        for problem in clean_up(settings, record):
+            print(f"mlex-tomo: could not remove {problem}", file=sys.stderr)
+    if error is not None:
+        print(f"mlex-tomo: demo failed at {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    print(f"open {settings.ui.url} and pick {record.scan} to see the labels over the slices")
+    return EXIT_OK
+
+
+def _check(settings: StackSettings, arguments: argparse.Namespace) -> int:
+    from flows.demo import clean_up, web_app_problems
+
+    outcome = _run_loop(settings, arguments)
+    if outcome is None:
+        return EXIT_USAGE
+    record, error = outcome
+    _print_summary(record)
+    failures = [f"{error}"] if error is not None else []
+    if error is None:
+        if record.mean_iou is None or record.mean_iou < arguments.min_iou:
+            failures.append(f"mean IoU {record.mean_iou} is below --min-iou {arguments.min_iou}")
+        failures += web_app_problems(settings, arguments.url or settings.ui.url, record)
+    if not arguments.keep:
+        failures += [f"left behind: {problem}" for problem in clean_up(settings, record)]
+    for failure in failures:
+        print(f"FAIL {failure}", file=sys.stderr)
+    print("PASS" if not failures else f"FAILED ({len(failures)} problems)")
+    return EXIT_OK if not failures else EXIT_FAILURE
 
 
 def _up(settings: StackSettings, arguments: argparse.Namespace) -> int:

@@ -74,6 +74,9 @@ def _table(title: str, prefix: str, fields: list[tuple[str, FieldInfo]]) -> str:
 def _default(field: FieldInfo) -> str:
     if "SecretStr" in str(field.annotation):
         return "secret"
+    if field.default_factory is not None:
+        default = field.default_factory()
+        return f"`{default}`" if default else "none"
     if field.default is None:
         return "unset"
     if field.default == TILED_CONFIG_PATH:  # an absolute path that differs per install

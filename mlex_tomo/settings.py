@@ -93,6 +93,11 @@ class PrefectSettings(Section):
     worker_query_seconds: float = Field(
         default=1.0, gt=0, description="How often the worker asks for new runs."
     )
+    public_ui_url: str | None = Field(
+        default=None,
+        description="Prefect's UI as browsers reach it, for the web app's links to runs; "
+        "default: beside the API. Set it where services reach Prefect by an internal name (compose).",
+    )
 
     @property
     def resolved_api_url(self) -> str:
@@ -100,8 +105,8 @@ class PrefectSettings(Section):
 
     @property
     def ui_url(self) -> str:
-        """Prefect's web UI, served beside its API."""
-        return self.resolved_api_url.removesuffix("/api")
+        """Prefect's web UI as a browser reaches it: the public address, else beside its API."""
+        return (self.public_ui_url or self.resolved_api_url.removesuffix("/api")).rstrip("/")
 
     @property
     def embedded(self) -> bool:

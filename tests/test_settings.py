@@ -60,6 +60,13 @@ def test_tool_variables_keep_their_meaning_but_ours_win():
     assert load_settings(environ=environ).prefect.api_url == "http://ours:4200/api"
 
 
+def test_links_to_runs_use_the_public_prefect_ui_where_one_is_set():
+    internal = {"PREFECT_API_URL": "http://prefect-server:4200/api"}
+    assert load_settings(environ=internal).prefect.ui_url == "http://prefect-server:4200"
+    public = {**internal, "MLEX_TOMO_PREFECT__PUBLIC_UI_URL": "http://beamline-ws:4200/"}
+    assert load_settings(environ=public).prefect.ui_url == "http://beamline-ws:4200"
+
+
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from flask import Blueprint, Response, jsonify, request
 
-from dash_app.imaging import encode, to_display
+from dash_app.imaging import encode
 from dash_app.masks import MaskOverlays
 from dash_app.results import ResultNotFound, ResultOverlays
-from dash_app.volumes import InvalidSlice, ScanLibrary, ScanNotFound, check_slice
+from dash_app.volumes import InvalidSlice, Rendering, ScanLibrary, ScanNotFound, check_slice
 
 DEFAULT_MAX_SIZE = 1024
 LARGEST_MAX_SIZE = 8192
@@ -53,12 +53,12 @@ def slice_routes(library: ScanLibrary, masks: MaskOverlays, results: ResultOverl
             return _problem(400, f"format must be png or jpeg, not {image_format!r}")
         try:
             low, high, max_size = _window_arguments(library, scan)
-            image = library.slice(scan, axis, index, max_size)
+            body = library.image(scan, axis, index, max_size, Rendering(low, high, image_format))
         except ScanNotFound as error:
             return _problem(404, str(error))
         except (InvalidSlice, ValueError) as error:
             return _problem(400, str(error))
-        response = Response(encode(to_display(image, low, high), image_format), mimetype=f"image/{image_format}")
+        response = Response(body, mimetype=f"image/{image_format}")
         response.headers["Cache-Control"] = f"private, max-age={IMAGE_CACHE_SECONDS}"
         return response
 

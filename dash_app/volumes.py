@@ -19,13 +19,14 @@ from typing import Any, Literal
 import numpy as np
 from numpy.typing import NDArray
 
-from dash_app.imaging import display_range, histogram, stride_for
+from dash_app.imaging import ImageFormat, display_range, encode, histogram, stride_for, to_display
 from mlex_tomo.tiled_layout import RECONS
 from segmentation.tiled_io import TiledVolume
 
 Axis = Literal["z", "y", "x"]
 AXES: tuple[Axis, ...] = ("z", "y", "x")
 PREFETCH_SLAB = 8  # slices read ahead in one request while stepping through z
+IMAGE_SHARE = 4  # a quarter of the cache holds encoded images, the rest slices as read
 SAMPLE_SLICES = 8
 SAMPLE_MAX_SIZE = 512
 
@@ -59,33 +60,46 @@ class DisplayDefaults:
     counts: list[int]
 
 
+@dataclass(frozen=True)
+class Rendering:
+    """How a slice becomes an image: its contrast window and format."""
+
+    low: float
+    high: float
+    image_format: ImageFormat
+
+
 class SliceCache:
-    """Least-recently-used slices, bounded by their total size in bytes."""
+    """Least-recently-used slices (arrays or encoded images), bounded by their total size in bytes."""
 
     def __init__(self, capacity_bytes: int) -> None:
         self.capacity = capacity_bytes
-        self.entries: OrderedDict[tuple, NDArray[Any]] = OrderedDict()
+        self.entries: OrderedDict[tuple, NDArray[Any] | bytes] = OrderedDict()
         self.size = 0
         self.lock = threading.Lock()
 
-    def get(self, key: tuple) -> NDArray[Any] | None:
+    def get(self, key: tuple) -> Any:
         with self.lock:
             entry = self.entries.get(key)
             if entry is not None:
                 self.entries.move_to_end(key)
             return entry
 
-    def put(self, key: tuple, value: NDArray[Any]) -> None:
-        if value.nbytes > self.capacity:
+    def put(self, key: tuple, value: NDArray[Any] | bytes) -> None:
+        if _size(value) > self.capacity:
             return
         with self.lock:
             if key in self.entries:
                 return
             self.entries[key] = value
-            self.size += value.nbytes
+            self.size += _size(value)
             while self.size > self.capacity:
                 _, evicted = self.entries.popitem(last=False)
-                self.size -= evicted.nbytes
+                self.size -= _size(evicted)
+
+
+def _size(value: NDArray[Any] | bytes) -> int:
+    return value.nbytes if isinstance(value, np.ndarray) else len(value)
 
 
 class ScanLibrary:
@@ -93,7 +107,8 @@ class ScanLibrary:
 
     def __init__(self, connect: Callable[[], Any], cache_bytes: int) -> None:
         self.connect = connect
-        self.cache = SliceCache(cache_bytes)
+        self.images = SliceCache(cache_bytes // IMAGE_SHARE)
+        self.cache = SliceCache(cache_bytes - cache_bytes // IMAGE_SHARE)
         self.volumes: dict[str, TiledVolume] = {}
         self.defaults: dict[str, DisplayDefaults] = {}
         self.lock = threading.Lock()
@@ -135,6 +150,25 @@ class ScanLibrary:
         self._prefetch_ahead(scan, axis, index, step, volume.shape)
         return image
 
+    def image(self, scan: str, axis: Axis, index: int, max_size: int, rendering: Rendering) -> bytes:
+        """The slice windowed and encoded; the slices read ahead are encoded ahead the same way."""
+        volume = self.volume(scan)
+        check_slice(volume.shape, axis, index)
+        step = stride_for(slice_shape(volume.shape, axis), max_size)
+        key = (scan, axis, index, step, rendering)
+        body = self.images.get(key)
+        if body is None:
+            pixels = self._read((scan, axis, index, step))
+            body = self.images.get(key) or self._encode(key, pixels)  # a prefetch may have encoded it meanwhile
+        self._prefetch_ahead(scan, axis, index, step, volume.shape, rendering)
+        return body
+
+    def _encode(self, key: tuple, pixels: NDArray[Any]) -> bytes:
+        rendering: Rendering = key[-1]
+        body = encode(to_display(pixels, rendering.low, rendering.high), rendering.image_format)
+        self.images.put(key, body)
+        return body
+
     def display_defaults(self, scan: str) -> DisplayDefaults:
         if scan not in self.defaults:
             volume = self.volume(scan)
@@ -172,14 +206,18 @@ class ScanLibrary:
         self.cache.put(key, image)
         return image
 
-    def _fetch_slab(self, scan: str, first: int, stop: int, step: int) -> None:
-        """z slices first..stop-1 in one request: Tiled's cost per request, not per slice, dominates."""
+    def _fetch_slab(self, scan: str, first: int, stop: int, step: int, rendering: Rendering | None) -> None:
+        """z slices first..stop-1 in one request (Tiled's cost is per request), encoded when a rendering is given."""
         every = slice(None, None, step)
         slab = np.asarray(self.volume(scan).node[first:stop, every, every])
-        for offset, image in enumerate(slab):
-            self.cache.put((scan, "z", first + offset, step), image.copy())
+        for offset, pixels in enumerate(slab):
+            self.cache.put((scan, "z", first + offset, step), pixels.copy())
+            if rendering is not None:
+                self._encode((scan, "z", first + offset, step, rendering), pixels)
 
-    def _prefetch_ahead(self, scan: str, axis: Axis, index: int, step: int, shape: tuple[int, ...]) -> None:
+    def _prefetch_ahead(
+        self, scan: str, axis: Axis, index: int, step: int, shape: tuple[int, ...], rendering: Rendering | None = None,
+    ) -> None:
         """Keep the next slices in the direction of travel read; after a jump, one on each side.
 
         Ahead of a user stepping or scrubbing through z, slabs of PREFETCH_SLAB slices are
@@ -195,7 +233,7 @@ class ScanLibrary:
             for key, prefetch in list(self.prefetches.items()):
                 if key[:2] == (scan, axis):
                     prefetch.cancel()
-            self._prefetch(scan, max(index - 1, 0), min(index + 2, shape[0]), step)  # one request for both
+            self._prefetch(scan, max(index - 1, 0), min(index + 2, shape[0]), step, rendering)  # one request for both
             return
         direction = 1 if moved > 0 else -1
         ahead = range(index + direction, index + direction * (PREFETCH_SLAB + 1), direction)
@@ -203,19 +241,19 @@ class ScanLibrary:
         if first_missing is None or abs(first_missing - index) > PREFETCH_SLAB // 2:
             return
         if direction > 0:
-            self._prefetch(scan, first_missing, min(first_missing + PREFETCH_SLAB, shape[0]), step)
+            self._prefetch(scan, first_missing, min(first_missing + PREFETCH_SLAB, shape[0]), step, rendering)
         else:
-            self._prefetch(scan, max(first_missing - PREFETCH_SLAB + 1, 0), first_missing + 1, step)
+            self._prefetch(scan, max(first_missing - PREFETCH_SLAB + 1, 0), first_missing + 1, step, rendering)
 
     def _held(self, scan: str, z: int, step: int) -> bool:
         key = (scan, "z", z, step)
         return key in self.prefetches or self.cache.get(key) is not None
 
-    def _prefetch(self, scan: str, first: int, stop: int, step: int) -> None:
+    def _prefetch(self, scan: str, first: int, stop: int, step: int, rendering: Rendering | None) -> None:
         if all(self._held(scan, z, step) for z in range(first, stop)):
             return
         keys = [(scan, "z", z, step) for z in range(first, stop)]
-        prefetch = self.prefetcher.submit(self._fetch_slab, scan, first, stop, step)
+        prefetch = self.prefetcher.submit(self._fetch_slab, scan, first, stop, step, rendering)
         for key in keys:
             self.prefetches[key] = prefetch
             prefetch.add_done_callback(lambda _, key=key: self.prefetches.pop(key, None))

@@ -12,7 +12,7 @@ from PIL import Image
 
 from dash_app.app import create_app
 from dash_app.imaging import colour_labels, display_range, downsample, to_display
-from dash_app.volumes import PREFETCH_SLAB, ScanLibrary
+from dash_app.volumes import PREFETCH_SLAB, Rendering, ScanLibrary
 from mlex_tomo.settings import load_settings
 from segmentation.tiled_io import ResultWriter
 from tests.services import Services
@@ -171,6 +171,20 @@ def test_slices_are_read_strided_and_the_next_ones_are_prefetched_in_slabs(servi
     library.slice("tall", "z", 6, max_size=12)
     assert (*library.cache.entries,)[-1] == ("tall", "z", 6, 1)  # another resolution is another read
     np.testing.assert_array_equal(library.slice("tall", "y", 7, max_size=6), tall[::5, 7, ::5])
+
+
+@pytest.mark.stack
+def test_the_slices_read_ahead_are_encoded_ahead_with_the_window_in_use(services):
+    library = ScanLibrary(services.tiled, cache_bytes=2**20)
+    rendering = Rendering(0.2, 0.8, "png")
+    library.image("scan", "z", 0, 50, rendering)
+    shown = library.image("scan", "z", 1, 50, rendering)  # moving up: the slices above are read and encoded
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(shown))), to_display(VOLUME[1], 0.2, 0.8))
+    futures.wait(list(library.prefetches.values()))
+    encoded = {key[2] for key in library.images.entries if key[-1] == rendering}
+    assert encoded == set(range(6))
+    ahead = library.images.get(("scan", "z", 4, 1, rendering))
+    np.testing.assert_array_equal(np.asarray(Image.open(io.BytesIO(ahead))), to_display(VOLUME[4], 0.2, 0.8))
 
 
 def test_window_maps_to_the_full_byte_range_and_clips():

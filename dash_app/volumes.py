@@ -143,25 +143,27 @@ class ScanLibrary:
 
     def slice(self, scan: str, axis: Axis, index: int, max_size: int) -> NDArray[Any]:
         """The slice with every n-th pixel, n the smallest that fits its longer side in `max_size`."""
-        volume = self.volume(scan)
-        check_slice(volume.shape, axis, index)
-        step = stride_for(slice_shape(volume.shape, axis), max_size)
+        shape, step = self._locate(scan, axis, index, max_size)
         image = self._read((scan, axis, index, step))
-        self._prefetch_ahead(scan, axis, index, step, volume.shape)
+        self._prefetch_ahead(scan, axis, index, step, shape)
         return image
 
     def image(self, scan: str, axis: Axis, index: int, max_size: int, rendering: Rendering) -> bytes:
         """The slice windowed and encoded; the slices read ahead are encoded ahead the same way."""
-        volume = self.volume(scan)
-        check_slice(volume.shape, axis, index)
-        step = stride_for(slice_shape(volume.shape, axis), max_size)
+        shape, step = self._locate(scan, axis, index, max_size)
         key = (scan, axis, index, step, rendering)
         body = self.images.get(key)
         if body is None:
             pixels = self._read((scan, axis, index, step))
             body = self.images.get(key) or self._encode(key, pixels)  # a prefetch may have encoded it meanwhile
-        self._prefetch_ahead(scan, axis, index, step, volume.shape, rendering)
+        self._prefetch_ahead(scan, axis, index, step, shape, rendering)
         return body
+
+    def _locate(self, scan: str, axis: Axis, index: int, max_size: int) -> tuple[tuple[int, ...], int]:
+        """The volume's shape and the stride that fits the slice in `max_size`; refuses a slice outside it."""
+        shape = self.volume(scan).shape
+        check_slice(shape, axis, index)
+        return shape, stride_for(slice_shape(shape, axis), max_size)
 
     def _encode(self, key: tuple, pixels: NDArray[Any]) -> bytes:
         rendering: Rendering = key[-1]

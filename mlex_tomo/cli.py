@@ -124,7 +124,7 @@ def _add_loop_arguments(command: argparse.ArgumentParser, default_scan: str) -> 
 
 
 def _run_loop(settings: StackSettings, arguments: argparse.Namespace):
-    """The loop as `demo` and `check` run it: (record, the error or None), or None for invalid options."""
+    """The loop as `demo` and `check` run it, its summary printed: (record, the error or None), or None for invalid options."""
     from pydantic import ValidationError
 
     from flows.demo import LoopFailed, LoopOptions, LoopRecord, run_loop
@@ -138,12 +138,13 @@ def _run_loop(settings: StackSettings, arguments: argparse.Namespace):
         problems = "; ".join(f"--{'-'.join(str(part) for part in problem['loc']).replace('_', '-')}: {problem['msg']}" for problem in error.errors())
         print(f"mlex-tomo: {problems}", file=sys.stderr)
         return None
-    record = LoopRecord(scan=options.scan)
+    record, failure = LoopRecord(scan=options.scan), None
     try:
         run_loop(settings, options, record, report=lambda line: print(line, flush=True))
     except LoopFailed as error:
-        return record, error
-    return record, None
+        failure = error
+    _print_summary(record)
+    return record, failure
 
 
 def _print_summary(record) -> None:
@@ -161,7 +162,6 @@ def _demo(settings: StackSettings, arguments: argparse.Namespace) -> int:
     if outcome is None:
         return EXIT_USAGE
     record, error = outcome
-    _print_summary(record)
     if not arguments.keep:
         for problem in clean_up(settings, record):
             print(f"mlex-tomo: could not remove {problem}", file=sys.stderr)
@@ -179,7 +179,6 @@ def _check(settings: StackSettings, arguments: argparse.Namespace) -> int:
     if outcome is None:
         return EXIT_USAGE
     record, error = outcome
-    _print_summary(record)
     failures = [f"{error}"] if error is not None else []
     if error is None:
         if record.mean_iou is None or record.mean_iou < arguments.min_iou:

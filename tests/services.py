@@ -112,6 +112,13 @@ class RunningStack:
                 self.stop()
                 pytest.fail("mlex-tomo up did not become ready:\n" + "".join(self.output))
 
+    def __enter__(self) -> RunningStack:
+        self.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stop()
+
     def descendants(self) -> list[psutil.Process]:
         try:
             return psutil.Process(self.process.pid).children(recursive=True)

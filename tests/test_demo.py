@@ -16,12 +16,8 @@ LOOP_SECONDS = 900  # a job starts a Python with torch: slow on a busy 2-core ru
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    running = RunningStack(tmp_path_factory.mktemp("demo"))
-    try:
-        running.start()
+    with RunningStack(tmp_path_factory.mktemp("demo")) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def loop(stack: RunningStack, command: str, *options: str):

@@ -29,12 +29,8 @@ SERVICES = ("broker", "tiled", "prefect", "worker", "ingester", "ui")
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory) -> RunningStack:
     """A stack of this module's own, because the last test here shuts it down."""
-    running = RunningStack(tmp_path_factory.mktemp("up"))
-    try:
-        running.start()
+    with RunningStack(tmp_path_factory.mktemp("up")) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_status_reports_every_service_healthy(own_stack):

@@ -7,7 +7,6 @@ layout and its callbacks) to one `ScanLibrary`, the only thing that talks to Til
 from __future__ import annotations
 
 import base64
-import importlib
 import secrets
 
 from dash import Dash, dcc, html
@@ -20,23 +19,18 @@ from dash_app.panels import results as results_panel
 from dash_app.routes import slice_routes
 from dash_app.volumes import ScanLibrary
 from mlex_tomo.settings import StackSettings
-from mlex_tomo.tiled_layout import connect
+from mlex_tomo.tiled_layout import connect_http
 
 TITLE = "mlex-tomo"
-# Tiled's array client imports Dask, xarray and pandas: 8 s on a busy 2-core machine.
-# Imported as the app starts, not when the first scan is picked. (Not in a background
-# thread: Plotly's JSON encoder in a request thread would meet a half-imported pandas.)
-SLOW_IMPORTS = ("tiled.client.array",)
 
 
 def create_app(settings: StackSettings) -> Dash:
-    for module in SLOW_IMPORTS:
-        importlib.import_module(module)
     server = Flask(__name__)
     server.add_url_rule("/healthz", "healthz", lambda: "ok")
-    library = ScanLibrary(lambda: connect(settings), settings.ui.image_cache_mib * 2**20)
-    results = ResultOverlays(lambda: connect(settings))
-    server.register_blueprint(slice_routes(library, MaskOverlays(lambda: connect(settings)), results))
+    tiled = connect_http(settings)  # one pooled connection for every thread
+    library = ScanLibrary(tiled, settings.ui.image_cache_mib * 2**20)
+    results = ResultOverlays(tiled)
+    server.register_blueprint(slice_routes(library, MaskOverlays(tiled), results))
     if settings.ui.login_required:
         _require_basic_auth(server, settings)
     app = Dash(__name__, server=server, title=TITLE, update_title=None, suppress_callback_exceptions=True)
@@ -58,7 +52,7 @@ def create_app(settings: StackSettings) -> Dash:
     )
     scans.register_callbacks(app, library)
     viewer.register_callbacks(app, library)
-    annotate.register_callbacks(app, settings)
+    annotate.register_callbacks(app, settings, tiled)
     status.register_callbacks(app, settings)
     jobs.register_callbacks(app, settings)
     results_panel.register_callbacks(app, results)

@@ -12,10 +12,11 @@ import numpy as np
 
 from dash_app.annotations import UNLABELLED, Annotations, to_mask
 from dash_app.imaging import colour_labels, rgb
+from mlex_tomo.tiled_http import NodeNotFound, TiledHttpClient
 from mlex_tomo.tiled_layout import MASK_KEY, MASKS, write_mask
 
 
-def save_annotations(tiled: Any, annotations: Annotations, data_uri: str, created_by: str) -> str | None:
+def save_annotations(tiled: TiledHttpClient, annotations: Annotations, data_uri: str, created_by: str) -> str | None:
     """Store the mask (once per content) and return its node path, or None when nothing is painted."""
     mask_idx, labels, classes = to_mask(annotations)
     if not mask_idx:
@@ -26,27 +27,24 @@ def save_annotations(tiled: Any, annotations: Annotations, data_uri: str, create
     )
 
 
-def latest_annotations(tiled: Any, scan: str) -> tuple[str, Annotations] | None:
+def latest_annotations(tiled: TiledHttpClient, scan: str) -> tuple[str, Annotations] | None:
     """(node path, annotations) of the scan's most recently saved mask."""
-    masks = tiled[MASKS]
-    if scan not in masks:
+    try:
+        masks = tiled.children(f"{MASKS}/{scan}")
+    except NodeNotFound:
         return None
-    newest = None
-    for mask_id, node in masks[scan].items():
-        created_at = node.metadata.get("created_at", "")
-        if newest is None or created_at > newest[0]:
-            newest = (created_at, mask_id)
-    if newest is None:
+    if not masks:
         return None
-    mask = masks[scan][newest[1]][MASK_KEY]
-    return f"{MASKS}/{scan}/{newest[1]}/{MASK_KEY}", Annotations.model_validate(mask.metadata["annotations"])
+    newest = max(masks, key=lambda mask_id: masks[mask_id].metadata.get("created_at", ""))
+    path = f"{MASKS}/{scan}/{newest}/{MASK_KEY}"
+    return path, Annotations.model_validate(tiled.node(path).metadata["annotations"])
 
 
 class MaskOverlays:
     """Coloured overlays of saved masks' slices; masks never change (content hash), so they are kept."""
 
-    def __init__(self, connect: Any, capacity: int = 64) -> None:
-        self.connect = connect
+    def __init__(self, tiled: TiledHttpClient, capacity: int = 64) -> None:
+        self.tiled = tiled
         self.capacity = capacity
         self.masks: dict[tuple[str, str], tuple[dict[int, int], Any, dict[int, tuple[int, int, int]]]] = {}
 
@@ -59,14 +57,13 @@ class MaskOverlays:
     def _mask(self, scan: str, mask_id: str):
         key = (scan, mask_id)
         if key not in self.masks:
-            masks = self.connect()[MASKS]
-            if scan not in masks or mask_id not in masks[scan]:
-                raise LookupError(f"no mask {mask_id!r} for scan {scan!r}")
-            node = masks[scan][mask_id][MASK_KEY]
-            metadata = dict(node.metadata)
-            row_of = {int(z): row for row, z in enumerate(metadata["mask_idx"])}
-            colours = {int(index): rgb(info["color"]) for index, info in metadata["classes"].items()}
+            try:
+                node = self.tiled.node(f"{MASKS}/{scan}/{mask_id}/{MASK_KEY}")
+            except NodeNotFound:
+                raise LookupError(f"no mask {mask_id!r} for scan {scan!r}") from None
+            row_of = {int(z): row for row, z in enumerate(node.metadata["mask_idx"])}
+            colours = {int(index): rgb(info["color"]) for index, info in node.metadata["classes"].items()}
             if len(self.masks) >= self.capacity:
                 self.masks.pop(next(iter(self.masks)))
-            self.masks[key] = (row_of, np.asarray(node.read()), colours)
+            self.masks[key] = (row_of, self.tiled.read(node), colours)
         return self.masks[key]

@@ -7,7 +7,6 @@ a running one is read afresh each time.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,7 @@ from pydantic import BaseModel
 
 from dash_app.annotations import PALETTE, UNLABELLED
 from dash_app.imaging import colour_labels, rgb
+from mlex_tomo.tiled_http import Node, NodeNotFound, TiledHttpClient
 from mlex_tomo.tiled_layout import RESULTS
 
 RESULT_KEY = "seg_result"
@@ -48,18 +48,18 @@ class ResultDescription(BaseModel):
 
 
 class ResultOverlays:
-    def __init__(self, connect: Callable[[], Any]) -> None:
-        self.connect = connect
+    def __init__(self, tiled: TiledHttpClient) -> None:
+        self.tiled = tiled
         self.finished: dict[str, ResultDescription] = {}
+        self.labels: dict[str, Node] = {}
 
-    def describe(self, job_id: str, results: Any = None) -> ResultDescription:
-        """`results`: the `/results` container when the caller has one open already."""
+    def describe(self, job_id: str) -> ResultDescription:
         if job_id in self.finished:
             return self.finished[job_id]
-        results = self.connect()[RESULTS] if results is None else results
-        if job_id not in results:
-            raise ResultNotFound(f"no result {job_id!r} in Tiled")
-        metadata = dict(results[job_id].metadata)
+        try:
+            metadata = self.tiled.node(f"{RESULTS}/{job_id}").metadata
+        except NodeNotFound:
+            raise ResultNotFound(f"no result {job_id!r} in Tiled") from None
         known = {name: metadata[name] for name in ResultDescription.model_fields if metadata.get(name) is not None}
         description = ResultDescription.model_validate({"status": "unknown", **known, "job_id": job_id})
         if description.finished:
@@ -68,14 +68,14 @@ class ResultOverlays:
 
     def overlay(self, job_id: str, z: int, shape: tuple[int, int], hidden: set[int]) -> tuple[NDArray[np.uint8], bool]:
         """(RGBA overlay of slice z, whether it is final); transparent where the job did not segment."""
-        results = self.connect()[RESULTS]  # one connection for the description and the slice
-        description = self.describe(job_id, results)
+        description = self.describe(job_id)
         colours = {
             int(index): rgb(info.get("color") or PALETTE[int(index) % len(PALETTE)])
             for index, info in description.classes.items()
         }
         if z not in description.slices:
             return colour_labels(np.full(shape, UNLABELLED, np.int8), {}), description.finished
-        row = description.slices.index(z)
-        labels = np.asarray(results[job_id][RESULT_KEY][row])
+        if job_id not in self.labels:
+            self.labels[job_id] = self.tiled.node(f"{RESULTS}/{job_id}/{RESULT_KEY}")  # its shape and dtype never change
+        labels = self.tiled.read(self.labels[job_id], (description.slices.index(z),))
         return colour_labels(labels, colours, hidden), description.finished

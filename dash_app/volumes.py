@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -20,8 +19,8 @@ import numpy as np
 from numpy.typing import NDArray
 
 from dash_app.imaging import ImageFormat, display_range, encode, histogram, stride_for, to_display
-from mlex_tomo.tiled_layout import RECONS
-from segmentation.tiled_io import TiledVolume
+from mlex_tomo.tiled_http import Node, NodeNotFound, TiledHttpClient
+from mlex_tomo.tiled_layout import RECONS, VOLUME_KEY
 
 Axis = Literal["z", "y", "x"]
 AXES: tuple[Axis, ...] = ("z", "y", "x")
@@ -37,6 +36,10 @@ class ScanNotFound(LookupError):
 
 class InvalidSlice(ValueError):
     pass
+
+
+class UnreadableScan(ValueError):
+    """The scan's node in Tiled is not a 3-D volume the app can show."""
 
 
 @dataclass(frozen=True)
@@ -105,11 +108,11 @@ def _size(value: NDArray[Any] | bytes) -> int:
 class ScanLibrary:
     """Scans under /recons, their slices and display defaults."""
 
-    def __init__(self, connect: Callable[[], Any], cache_bytes: int) -> None:
-        self.connect = connect
+    def __init__(self, tiled: TiledHttpClient, cache_bytes: int) -> None:
+        self.tiled = tiled
         self.images = SliceCache(cache_bytes // IMAGE_SHARE)
         self.cache = SliceCache(cache_bytes - cache_bytes // IMAGE_SHARE)
-        self.volumes: dict[str, TiledVolume] = {}
+        self.volumes: dict[str, Node] = {}
         self.defaults: dict[str, DisplayDefaults] = {}
         self.lock = threading.Lock()
         self.prefetcher = ThreadPoolExecutor(2, thread_name_prefix="prefetch")
@@ -118,9 +121,9 @@ class ScanLibrary:
 
     def scans(self) -> list[ScanSummary]:
         summaries = []
-        for key, node in self.connect()[RECONS].items():
-            metadata = dict(node.metadata)
-            shape = metadata.get("shape") or list(getattr(node, "shape", []) or [])
+        for key, node in self.tiled.children(RECONS).items():
+            metadata = node.metadata
+            shape = metadata.get("shape") or node.structure.get("shape") or []
             summaries.append(
                 ScanSummary(
                     key=key,
@@ -132,14 +135,27 @@ class ScanLibrary:
             )
         return sorted(summaries, key=lambda scan: scan.ingested_at or "", reverse=True)
 
-    def volume(self, scan: str) -> TiledVolume:
+    def volume(self, scan: str) -> Node:
+        """The scan's 3-D array: `/recons/<scan>` itself, its `data`, or its only array, as jobs read it."""
         with self.lock:
             if scan not in self.volumes:
-                recons = self.connect()[RECONS]
-                if scan not in recons:
-                    raise ScanNotFound(f"no scan {scan!r} under /{RECONS}")
-                self.volumes[scan] = TiledVolume(recons[scan])
+                try:
+                    self.volumes[scan] = self._volume_array(f"{RECONS}/{scan}")
+                except NodeNotFound:
+                    raise ScanNotFound(f"no scan {scan!r} under /{RECONS}") from None
             return self.volumes[scan]
+
+    def _volume_array(self, path: str) -> Node:
+        node = self.tiled.node(path)
+        if node.structure_family == "container":
+            children = self.tiled.children(path)
+            arrays = [key for key, child in children.items() if child.is_array]
+            if VOLUME_KEY not in children and len(arrays) != 1:
+                raise UnreadableScan(f"/{path} holds {len(arrays)} arrays ({', '.join(arrays) or 'none'}) and no '{VOLUME_KEY}'")
+            return self._volume_array(f"{path}/{VOLUME_KEY if VOLUME_KEY in children else arrays[0]}")
+        if not node.is_array or len(node.shape) != 3:
+            raise UnreadableScan(f"/{path} is not a 3-D (z, y, x) array")
+        return node
 
     def slice(self, scan: str, axis: Axis, index: int, max_size: int) -> NDArray[Any]:
         """The slice with every n-th pixel, n the smallest that fits its longer side in `max_size`."""
@@ -204,14 +220,14 @@ class ScanLibrary:
         scan, axis, index, step = key
         every = slice(None, None, step)
         selection = {"z": (index, every, every), "y": (every, index, every), "x": (every, every, index)}[axis]
-        image = np.asarray(self.volume(scan).node[selection])
+        image = self.tiled.read(self.volume(scan), selection)
         self.cache.put(key, image)
         return image
 
     def _fetch_slab(self, scan: str, first: int, stop: int, step: int, rendering: Rendering | None) -> None:
         """z slices first..stop-1 in one request (Tiled's cost is per request), encoded when a rendering is given."""
         every = slice(None, None, step)
-        slab = np.asarray(self.volume(scan).node[first:stop, every, every])
+        slab = self.tiled.read(self.volume(scan), (slice(first, stop), every, every))
         for offset, pixels in enumerate(slab):
             self.cache.put((scan, "z", first + offset, step), pixels.copy())
             if rendering is not None:

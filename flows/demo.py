@@ -26,7 +26,7 @@ from mlex_tomo.phantom import CLASS_NAMES, PhantomSpec
 from mlex_tomo.scan_simulator import simulate_scan
 from mlex_tomo.scribbles import paint_scribbles
 from mlex_tomo.settings import StackSettings
-from mlex_tomo.tiled_layout import MASKS, RECONS, RESULTS, connect, node_uri, write_mask
+from mlex_tomo.tiled_layout import MASKS, RECONS, RESULTS, connect, connect_http, node_uri, write_mask
 from mlex_tomo.volume_writers import LABELS_DATASET, NXTOMOPROC_DATA_PATH
 from segmentation.metrics import confusion_matrix, iou_from_confusion
 
@@ -140,8 +140,7 @@ def _label(settings: StackSettings, options: LoopOptions, record: LoopRecord, tr
     rng = np.random.default_rng(7)
     labels = np.stack([paint_scribbles(plane, rng, num_classes=len(CLASS_NAMES)) for plane in truth])
     classes = {str(index): {"label": name, "color": CLASS_COLOURS[index % len(CLASS_COLOURS)]} for index, name in CLASS_NAMES.items()}
-    tiled = connect(settings, writable=True)
-    path = write_mask(tiled, options.scan, slices, labels, classes, node_uri(settings, f"{RECONS}/{options.scan}"), "mlex-tomo demo")
+    path = write_mask(connect_http(settings, writable=True), options.scan, slices, labels, classes, node_uri(settings, f"{RECONS}/{options.scan}"), "mlex-tomo demo")
     record.tiled_nodes.append(f"{MASKS}/{options.scan}")
     return node_uri(settings, path)
 

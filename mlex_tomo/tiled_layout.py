@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Any
 from pydantic import BaseModel, ConfigDict
 
 from mlex_tomo.settings import StackSettings
+from mlex_tomo.tiled_http import TiledHttpClient
 
 if TYPE_CHECKING:
     from tiled.client.container import Container
 
 RECONS = "recons"
+VOLUME_KEY = "data"  # the volume's array when /recons/<scan> is a container
 MASKS = "masks"
 RESULTS = "results"
 TOP_LEVEL_CONTAINERS = (RECONS, MASKS, RESULTS)
@@ -52,18 +54,24 @@ def node_uri(settings: StackSettings, path: str) -> str:
 
 
 def connect(settings: StackSettings, *, writable: bool = False) -> Container:
-    """A Tiled client for the configured server; `writable` insists on the API key."""
+    """Tiled's own client for the configured server; `writable` insists on the API key."""
     from tiled.client import from_uri
 
+    return from_uri(settings.tiled.base_url, api_key=_api_key(settings, writable))
+
+
+def connect_http(settings: StackSettings, *, writable: bool = False) -> TiledHttpClient:
+    """The plain HTTP client (no Dask, xarray or pandas), for the web app."""
+    return TiledHttpClient(settings.tiled.base_url, api_key=_api_key(settings, writable))
+
+
+def _api_key(settings: StackSettings, writable: bool) -> str | None:
     api_key = settings.tiled.api_key
     if writable and api_key is None:
         raise RuntimeError(
             "writing to Tiled needs an API key: set MLEX_TOMO_TILED__API_KEY or tiled.api_key_file"
         )
-    return from_uri(
-        settings.tiled.base_url,
-        api_key=api_key.get_secret_value() if api_key else None,
-    )
+    return api_key.get_secret_value() if api_key else None
 
 
 def ensure_containers(client: Container) -> list[str]:
@@ -80,7 +88,7 @@ MASK_KEY = "mask"
 
 
 def write_mask(
-    client: Container, scan: str, mask_idx: list[int], labels: Any, classes: dict[str, dict[str, str]],
+    client: TiledHttpClient, scan: str, mask_idx: list[int], labels: Any, classes: dict[str, dict[str, str]],
     data_uri: str, created_by: str, mask_id: str | None = None, extra_metadata: dict[str, Any] | None = None,
 ) -> str:
     """Store `/masks/<scan>/<mask_id>/mask` once per content; return its node path.
@@ -92,15 +100,15 @@ def write_mask(
         digest = hashlib.sha256(labels.tobytes())
         digest.update(repr((mask_idx, sorted(classes.items()), labels.shape)).encode())
         mask_id = digest.hexdigest()[:32]
-    path = f"{MASKS}/{scan}/{mask_id}/{MASK_KEY}"
-    masks = client[MASKS]
-    scan_masks = masks[scan] if scan in masks else masks.create_container(scan)
-    if mask_id in scan_masks:
-        return path
+    scan_path, mask_path = f"{MASKS}/{scan}", f"{MASKS}/{scan}/{mask_id}"
+    if client.exists(mask_path):
+        return f"{mask_path}/{MASK_KEY}"
+    if not client.exists(scan_path):
+        client.create_container(MASKS, scan, {})
     created_at = datetime.now(timezone.utc).isoformat()
     metadata = {
         "data_uri": data_uri, "mask_idx": list(mask_idx), "classes": classes,
         "created_by": created_by, "created_at": created_at, **(extra_metadata or {}),
     }
-    scan_masks.create_container(mask_id, metadata={"created_at": created_at}).write_array(labels, key=MASK_KEY, metadata=metadata)
-    return path
+    client.create_container(scan_path, mask_id, {"created_at": created_at})
+    return client.write_array(mask_path, MASK_KEY, labels, metadata).path

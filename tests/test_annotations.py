@@ -8,6 +8,7 @@ from pydantic import ValidationError
 
 from dash_app.annotations import Annotations, Stroke, rasterise, to_mask
 from dash_app.masks import latest_annotations, save_annotations
+from mlex_tomo.tiled_layout import connect_http
 from segmentation.tiled_io import open_node, read_mask
 from tests.services import Services
 
@@ -95,19 +96,20 @@ def test_saved_annotations_come_back_and_the_job_reads_the_mask(tmp_path):
             "5": [Stroke(tool="brush", class_id=3, points=[(2, 2), (10, 2)], width=3)],
             "15": [Stroke(tool="rectangle", class_id=7, points=[(4, 4), (12, 12)])],
         })
-        path = save_annotations(writer, painted, "http://tiled/api/v1/metadata/recons/scan", "beamline-user")
+        client = connect_http(services.settings, writable=True)
+        path = save_annotations(client, painted, "http://tiled/api/v1/metadata/recons/scan", "beamline-user")
         assert path == f"masks/scan/{painted.mask_id()}/mask"
-        assert save_annotations(writer, painted, "http://tiled/api/v1/metadata/recons/scan", "beamline-user") == path
+        assert save_annotations(client, painted, "http://tiled/api/v1/metadata/recons/scan", "beamline-user") == path
         assert len(writer["masks"]["scan"]) == 1
 
-        found_path, found = latest_annotations(services.tiled(), "scan")
+        found_path, found = latest_annotations(client, "scan")
         assert found_path == path and found == painted
 
         base = f"{services.settings.tiled.base_url}/api/v1/metadata"
         mask = read_mask(open_node(f"{base}/{path}"), (20, 16, 16))
         assert mask.slice_indices == [5, 15] and mask.num_classes == 2
         np.testing.assert_array_equal(mask.labels, to_mask(painted)[1])
-        assert latest_annotations(services.tiled(), "never-painted") is None
-        assert save_annotations(writer, annotations(), "uri", "user") is None
+        assert latest_annotations(client, "never-painted") is None
+        assert save_annotations(client, annotations(), "uri", "user") is None
     finally:
         services.stop_all()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import base64
 import io
+import subprocess
+import sys
 from concurrent import futures
 
 import numpy as np
@@ -14,6 +16,7 @@ from dash_app.app import create_app
 from dash_app.imaging import colour_labels, display_range, downsample, to_display
 from dash_app.volumes import PREFETCH_SLAB, Rendering, ScanLibrary
 from mlex_tomo.settings import load_settings
+from mlex_tomo.tiled_layout import connect_http
 from segmentation.tiled_io import ResultWriter
 from tests.services import Services
 
@@ -150,7 +153,7 @@ def test_a_results_labels_are_overlaid_in_their_colours_less_the_hidden_classes(
 def test_slices_are_read_strided_and_the_next_ones_are_prefetched_in_slabs(services):
     tall = np.random.default_rng(2).random((30, 12, 10), dtype=np.float32)
     services.tiled(writable=True)["recons"].create_container("tall").write_array(tall, key="data", metadata={})
-    library = ScanLibrary(services.tiled, cache_bytes=2**20)
+    library = ScanLibrary(connect_http(services.settings), cache_bytes=2**20)
 
     def cached() -> set[int]:
         futures.wait(list(library.prefetches.values()))
@@ -175,7 +178,7 @@ def test_slices_are_read_strided_and_the_next_ones_are_prefetched_in_slabs(servi
 
 @pytest.mark.stack
 def test_the_slices_read_ahead_are_encoded_ahead_with_the_window_in_use(services):
-    library = ScanLibrary(services.tiled, cache_bytes=2**20)
+    library = ScanLibrary(connect_http(services.settings), cache_bytes=2**20)
     rendering = Rendering(0.2, 0.8, "png")
     library.image("scan", "z", 0, 50, rendering)
     shown = library.image("scan", "z", 1, 50, rendering)  # moving up: the slices above are read and encoded
@@ -212,3 +215,14 @@ def test_label_overlay_colours_shown_classes_only():
     overlay = colour_labels(labels, {1: (255, 0, 0), 2: (0, 0, 255)}, hidden={2})
     assert overlay[0, 1].tolist() == [255, 0, 0, 255]
     assert overlay[1, 0, 3] == 0 and overlay[0, 0, 3] == 0
+
+
+def test_the_web_app_imports_neither_dask_nor_pandas_nor_xarray():
+    """Tiled's array client would bring them, about 180 MiB; the app reads over plain HTTP (mlex_tomo.tiled_http)."""
+    script = (
+        "import sys; from mlex_tomo.settings import load_settings; from dash_app.app import create_app; "
+        "create_app(load_settings(environ={})); "
+        "print(' '.join(sorted({name.split('.')[0] for name in sys.modules} & {'dask', 'pandas', 'xarray'})))"
+    )
+    imported = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
+    assert imported == []

@@ -20,7 +20,8 @@ from pydantic import ValidationError
 from dash_app.annotations import PALETTE, Annotations, ClassInfo, Stroke
 from dash_app.masks import latest_annotations, save_annotations
 from mlex_tomo.settings import StackSettings
-from mlex_tomo.tiled_layout import RECONS, connect, node_uri
+from mlex_tomo.tiled_http import TiledHttpClient
+from mlex_tomo.tiled_layout import RECONS, connect_http, node_uri
 
 HISTORY_LIMIT = 100
 TOOLS = [("Pan", "pan"), ("Brush", "brush"), ("Eraser", "eraser"), ("Polygon", "polygon"), ("Rectangle", "rectangle")]
@@ -140,10 +141,11 @@ def class_info(name: str | None, colour: str) -> ClassInfo:
     return ClassInfo(label=name, color=colour.strip().lower())
 
 
-def register_callbacks(app: Dash, settings: StackSettings) -> None:
+def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClient) -> None:
     def save(annotations: Annotations) -> str | None:
         data_uri = node_uri(settings, f"{RECONS}/{annotations.scan}")
-        return save_annotations(connect(settings, writable=True), annotations, data_uri, settings.ui.username or "local user")
+        with connect_http(settings, writable=True) as writer:
+            return save_annotations(writer, annotations, data_uri, settings.ui.username or "local user")
 
     @app.callback(
         Output("annotations", "data"), Output("history", "data"), Output("mask-path", "data"),
@@ -153,7 +155,7 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
     def load(defaults: dict | None):
         if defaults is None:
             return None, {"past": [], "future": []}, None, ""
-        found = latest_annotations(connect(settings), defaults["scan"])
+        found = latest_annotations(tiled, defaults["scan"])
         if found is None:
             fresh = Annotations(scan=defaults["scan"], slice_shape=tuple(defaults["shape"][1:]), classes=DEFAULT_CLASSES)
             return fresh.model_dump(mode="json"), {"past": [], "future": []}, None, ""
@@ -205,7 +207,11 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
             return no_update, no_update, no_update, no_update, no_update
         else:
             updated = painted
-        path = save(updated)
+        try:
+            path = save(updated)
+        except RuntimeError as error:  # Tiled refused or is down, or there is no API key to write with
+            status = f"{painted_summary(updated)}, NOT saved ({error}). They are kept here and saved with the next change."
+            return updated.model_dump(mode="json"), history, no_update, applied_now, status
         status = f"{painted_summary(updated)}, saved.{refusal}"
         return updated.model_dump(mode="json"), history, path, applied_now, status
 

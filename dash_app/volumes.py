@@ -25,6 +25,7 @@ from mlex_tomo.tiled_layout import RECONS, VOLUME_KEY
 Axis = Literal["z", "y", "x"]
 AXES: tuple[Axis, ...] = ("z", "y", "x")
 PREFETCH_SLAB = 8  # slices read ahead in one request while stepping through z
+READ_AHEAD = 2 * PREFETCH_SLAB  # a slab is read once fewer slices than this are held ahead
 IMAGE_SHARE = 4  # a quarter of the cache holds encoded images, the rest slices as read
 SAMPLE_SLICES = 8
 SAMPLE_MAX_SIZE = 512
@@ -238,9 +239,11 @@ class ScanLibrary:
     ) -> None:
         """Keep the next slices in the direction of travel read; after a jump, one on each side.
 
-        Ahead of a user stepping or scrubbing through z, slabs of PREFETCH_SLAB slices are
-        read in one request each once fewer than half of them are left. A jump drops the
-        prefetches still queued, so the user does not wait behind reads nobody will look at.
+        Ahead of a user stepping or scrubbing through z, a slab of PREFETCH_SLAB slices is
+        read in one request whenever fewer than READ_AHEAD slices ahead are held or being
+        read, so that a slab is ready before the user reaches it even while the reads share
+        the machine with the browser. A jump drops the prefetches still queued, so the user
+        does not wait behind reads nobody will look at.
         """
         if axis != "z":
             return  # y and x slices cross every chunk of a z-chunked volume: read them on demand only
@@ -254,9 +257,9 @@ class ScanLibrary:
             self._prefetch(scan, max(index - 1, 0), min(index + 2, shape[0]), step, rendering)  # one request for both
             return
         direction = 1 if moved > 0 else -1
-        ahead = range(index + direction, index + direction * (PREFETCH_SLAB + 1), direction)
+        ahead = range(index + direction, index + direction * (READ_AHEAD + 1), direction)
         first_missing = next((z for z in ahead if 0 <= z < shape[0] and not self._held(scan, z, step)), None)
-        if first_missing is None or abs(first_missing - index) > PREFETCH_SLAB // 2:
+        if first_missing is None:
             return
         if direction > 0:
             self._prefetch(scan, first_missing, min(first_missing + PREFETCH_SLAB, shape[0]), step, rendering)

@@ -14,7 +14,7 @@ from PIL import Image
 
 from dash_app.app import create_app
 from dash_app.imaging import colour_labels, display_range, downsample, to_display
-from dash_app.volumes import PREFETCH_SLAB, Rendering, ScanLibrary
+from dash_app.volumes import PREFETCH_SLAB, READ_AHEAD, Rendering, ScanLibrary
 from mlex_tomo.settings import load_settings
 from mlex_tomo.tiled_layout import connect_http
 from segmentation.tiled_io import ResultWriter
@@ -161,13 +161,18 @@ def test_slices_are_read_strided_and_the_next_ones_are_prefetched_in_slabs(servi
 
     np.testing.assert_array_equal(library.slice("tall", "z", 3, max_size=5), tall[3, ::3, ::3])
     assert cached() == {2, 3, 4}  # a first look: one slice on each side
+    assert (PREFETCH_SLAB, READ_AHEAD) == (8, 16)
     library.slice("tall", "z", 4, max_size=5)
-    assert cached() == {2, 3, *range(4, 4 + PREFETCH_SLAB + 1)}  # moving up: a slab ahead
-    for index in range(5, 5 + PREFETCH_SLAB // 2):
+    assert cached() == {2, 3, *range(4, 13)}  # moving up: a slab ahead, 5..12
+    library.slice("tall", "z", 5, max_size=5)
+    assert max(cached()) == 20  # 7 held ahead, fewer than READ_AHEAD: the next slab
+    library.slice("tall", "z", 6, max_size=5)
+    assert max(cached()) == 28  # 14 ahead: one more
+    for index in range(7, 13):
         library.slice("tall", "z", index, max_size=5)
-    assert max(cached()) == 4 + PREFETCH_SLAB  # half a slab still ahead: half a slab left: nothing more read yet
-    library.slice("tall", "z", 5 + PREFETCH_SLAB // 2, max_size=5)  # fewer than half a slab left
-    assert max(cached()) == 4 + 2 * PREFETCH_SLAB
+    assert max(cached()) == 28  # 16 or more still ahead: nothing more read
+    library.slice("tall", "z", 13, max_size=5)
+    assert max(cached()) == 29  # 15 ahead: the rest of the volume
     np.testing.assert_array_equal(library.slice("tall", "z", 10, max_size=5), tall[10, ::3, ::3])  # from a slab
     library.slice("tall", "z", 28, max_size=5)
     assert {27, 28, 29} <= cached()  # a jump: one slice on each side

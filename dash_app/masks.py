@@ -33,11 +33,13 @@ def latest_annotations(tiled: TiledHttpClient, scan: str) -> tuple[str, Annotati
         masks = tiled.children(f"{MASKS}/{scan}")
     except NodeNotFound:
         return None
-    if not masks:
-        return None
-    newest = max(masks, key=lambda mask_id: masks[mask_id].metadata.get("created_at", ""))
-    path = f"{MASKS}/{scan}/{newest}/{MASK_KEY}"
-    return path, Annotations.model_validate(tiled.node(path).metadata["annotations"])
+    for mask_id in sorted(masks, key=lambda mask_id: masks[mask_id].metadata.get("created_at", ""), reverse=True):
+        path = f"{MASKS}/{scan}/{mask_id}/{MASK_KEY}"
+        try:
+            return path, Annotations.model_validate(tiled.node(path).metadata["annotations"])
+        except NodeNotFound:
+            continue  # a save that failed half-way left the container only
+    return None
 
 
 class MaskOverlays:

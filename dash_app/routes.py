@@ -11,7 +11,7 @@ from flask import Blueprint, Response, jsonify, request
 from dash_app.imaging import encode
 from dash_app.masks import MaskOverlays
 from dash_app.results import ResultNotFound, ResultOverlays
-from dash_app.volumes import InvalidSlice, Rendering, ScanLibrary, ScanNotFound, check_slice
+from dash_app.volumes import InvalidSlice, Rendering, ScanLibrary, ScanNotFound, UnreadableScan, check_slice
 
 DEFAULT_MAX_SIZE = 1024
 LARGEST_MAX_SIZE = 8192
@@ -69,6 +69,8 @@ def slice_routes(library: ScanLibrary, masks: MaskOverlays, results: ResultOverl
             shape = library.volume(scan).shape
         except ScanNotFound as error:
             return _problem(404, str(error))
+        except UnreadableScan as error:
+            return _problem(422, str(error))
         return jsonify({"shape": list(shape), **defaults.__dict__})
 
     return routes

@@ -140,7 +140,8 @@ def _label(settings: StackSettings, options: LoopOptions, record: LoopRecord, tr
     rng = np.random.default_rng(7)
     labels = np.stack([paint_scribbles(plane, rng, num_classes=len(CLASS_NAMES)) for plane in truth])
     classes = {str(index): {"label": name, "color": CLASS_COLOURS[index % len(CLASS_COLOURS)]} for index, name in CLASS_NAMES.items()}
-    path = write_mask(connect_http(settings, writable=True), options.scan, slices, labels, classes, node_uri(settings, f"{RECONS}/{options.scan}"), "mlex-tomo demo")
+    with connect_http(settings, writable=True) as tiled:
+        path = write_mask(tiled, options.scan, slices, labels, classes, node_uri(settings, f"{RECONS}/{options.scan}"), "mlex-tomo demo")
     record.tiled_nodes.append(f"{MASKS}/{options.scan}")
     return node_uri(settings, path)
 

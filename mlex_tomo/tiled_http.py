@@ -52,10 +52,6 @@ class Node:
         return cls(path, attributes["structure_family"], attributes.get("metadata") or {}, attributes.get("structure") or {})
 
     @property
-    def key(self) -> str:
-        return self.path.rsplit("/", 1)[-1]
-
-    @property
     def is_array(self) -> bool:
         return self.structure_family == "array"
 
@@ -113,7 +109,11 @@ class TiledHttpClient:
         response = self._get(
             f"/array/full/{_quoted(array.path)}", params=params, headers={"Accept": "application/octet-stream"}
         )
-        return np.frombuffer(response.content, dtype=array.dtype).reshape(selected_shape(array.shape, selection))
+        shape = selected_shape(array.shape, selection)
+        expected = int(np.prod(shape)) * array.dtype.itemsize
+        if len(response.content) != expected:
+            raise TiledError(f"Tiled sent {len(response.content)} bytes for /{array.path}[{selection_text(selection)}], expected {expected}")
+        return np.frombuffer(response.content, dtype=array.dtype).reshape(shape)
 
     def create_container(self, parent: str, key: str, metadata: dict[str, Any]) -> Node:
         return self._create(parent, key, "container", metadata, data_sources=[])
@@ -133,11 +133,21 @@ class TiledHttpClient:
             "parameters": {}, "properties": {}, "assets": [], "management": "writable",
         }
         node = self._create(parent, key, "array", metadata, data_sources=[data_source])
-        self._send(
-            "PUT", f"/array/full/{_quoted(node.path)}", content=array.tobytes(),
-            headers={"Content-Type": "application/octet-stream"},
-        )
+        try:
+            self._send(
+                "PUT", f"/array/full/{_quoted(node.path)}", content=array.tobytes(),
+                headers={"Content-Type": "application/octet-stream"},
+            )
+        except TiledError:
+            self._delete_quietly(node.path)  # an array node without its data must not pass for written
+            raise
         return node
+
+    def _delete_quietly(self, path: str) -> None:
+        try:
+            self._send("DELETE", f"/metadata/{_quoted(path)}", params={"recursive": False, "external_only": False})
+        except TiledError:
+            pass
 
     def _create(self, parent: str, key: str, structure_family: str, metadata: dict[str, Any], data_sources: list) -> Node:
         parent = parent.strip("/")
@@ -153,9 +163,11 @@ class TiledHttpClient:
         while True:
             try:
                 response = self.http.get(url, **options)
-            except httpx.TransportError as error:
+            except (httpx.ConnectError, httpx.RemoteProtocolError) as error:
                 if attempt >= RETRIES:
                     raise TiledError(f"Tiled at {self.http.base_url} cannot be reached: {error}") from error
+            except httpx.TransportError as error:  # a timeout: asking again would pile onto a stuck server
+                raise TiledError(f"Tiled at {self.http.base_url} did not answer {url}: {error!r}") from error
             else:
                 if response.status_code not in RETRIED_STATUSES or attempt >= RETRIES:
                     return _checked(response)

@@ -65,12 +65,17 @@ def connect_http(settings: StackSettings, *, writable: bool = False) -> TiledHtt
     return TiledHttpClient(settings.tiled.base_url, api_key=_api_key(settings, writable))
 
 
-def _api_key(settings: StackSettings, writable: bool) -> str | None:
-    api_key = settings.tiled.api_key
-    if writable and api_key is None:
+def check_writable(settings: StackSettings) -> None:
+    if settings.tiled.api_key is None:
         raise RuntimeError(
             "writing to Tiled needs an API key: set MLEX_TOMO_TILED__API_KEY or tiled.api_key_file"
         )
+
+
+def _api_key(settings: StackSettings, writable: bool) -> str | None:
+    if writable:
+        check_writable(settings)
+    api_key = settings.tiled.api_key
     return api_key.get_secret_value() if api_key else None
 
 
@@ -101,7 +106,7 @@ def write_mask(
         digest.update(repr((mask_idx, sorted(classes.items()), labels.shape)).encode())
         mask_id = digest.hexdigest()[:32]
     scan_path, mask_path = f"{MASKS}/{scan}", f"{MASKS}/{scan}/{mask_id}"
-    if client.exists(mask_path):
+    if client.exists(f"{mask_path}/{MASK_KEY}"):
         return f"{mask_path}/{MASK_KEY}"
     if not client.exists(scan_path):
         client.create_container(MASKS, scan, {})
@@ -110,5 +115,6 @@ def write_mask(
         "data_uri": data_uri, "mask_idx": list(mask_idx), "classes": classes,
         "created_by": created_by, "created_at": created_at, **(extra_metadata or {}),
     }
-    client.create_container(scan_path, mask_id, {"created_at": created_at})
+    if not client.exists(mask_path):  # it may, from a save that failed after creating it
+        client.create_container(scan_path, mask_id, {"created_at": created_at})
     return client.write_array(mask_path, MASK_KEY, labels, metadata).path

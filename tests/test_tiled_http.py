@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from dash_app.masks import latest_annotations
 from mlex_tomo import tiled_http
 from mlex_tomo.tiled_http import NodeNotFound, TiledError, TiledHttpClient, dtype_from_tiled, dtype_to_tiled, selected_shape, selection_text
-from mlex_tomo.tiled_layout import connect_http
+from mlex_tomo.tiled_layout import connect_http, write_mask
 from tests.services import Services
 
 VOLUME = np.random.default_rng(3).random((7, 30, 20), dtype=np.float32)
@@ -36,20 +37,26 @@ def services(tmp_path_factory):
     services = Services(tmp_path_factory.mktemp("tiled-http"))
     try:
         services.start("tiled")
-        services.tiled(writable=True)["recons"].create_container("scan", metadata={"beamline": "8.3.2"}).write_array(VOLUME, key="data")
+        scan = services.tiled(writable=True)["recons"].create_container("scan", metadata={"beamline": "8.3.2"})
+        scan.write_array(VOLUME, key="data")
+        scan.write_array(VOLUME.astype(">f4"), key="big-endian")
         yield services
     finally:
         services.stop_all()
 
 
 @pytest.mark.stack
-def test_reads_match_tiled_s_own_client(services):
+def test_reads_match_tiled_s_own_client(services, request):
     client = connect_http(services.settings)
+    request.addfinalizer(client.close)
     array = client.node("recons/scan/data")
     assert array.is_array and array.shape == VOLUME.shape and array.dtype == VOLUME.dtype
     for selection in [(), (4,), (2, slice(None, None, 3), slice(None, None, 3)), (slice(1, 5), 7), (slice(None), slice(None), 19)]:
         np.testing.assert_array_equal(client.read(array, selection), VOLUME[selection])
     assert client.node("recons/scan").metadata == {"beamline": "8.3.2"}
+    swapped = client.node("recons/scan/big-endian")
+    assert swapped.dtype == np.dtype(">f4")
+    np.testing.assert_array_equal(client.read(swapped, (2, slice(None, None, 2))), VOLUME[2, ::2])
 
 
 @pytest.mark.stack
@@ -59,7 +66,8 @@ def test_children_are_listed_page_by_page(services, monkeypatch):
     for number in range(5):
         many.create_container(f"child-{number}", metadata={"number": number})
     monkeypatch.setattr(tiled_http, "PAGE_SIZE", 2)
-    children = connect_http(services.settings).children("recons/many")
+    with connect_http(services.settings) as client:
+        children = client.children("recons/many")
     assert {key: node.metadata["number"] for key, node in children.items()} == {f"child-{number}": number for number in range(5)}
     assert children["child-3"].path == "recons/many/child-3"
 
@@ -88,3 +96,16 @@ def test_refusals_say_what_tiled_said(services):
         TiledHttpClient(services.settings.tiled.base_url, api_key="wrong").node("recons/scan")
     with pytest.raises(TiledError, match="cannot be reached"):
         TiledHttpClient("http://127.0.0.1:9", timeout_seconds=1).node("recons")
+
+
+@pytest.mark.stack
+def test_a_mask_save_that_failed_half_way_is_completed_by_the_next(services):
+    with connect_http(services.settings, writable=True) as client:
+        client.create_container("masks", "half", {})
+        client.create_container("masks/half", "abc", {"created_at": "2099-01-01"})  # what a failed save leaves
+        assert latest_annotations(client, "half") is None
+        labels = np.array([[[0, 1], [-1, 1]]], np.int8)
+        classes = {"0": {"label": "a", "color": "#000000"}, "1": {"label": "b", "color": "#ffffff"}}
+        path = write_mask(client, "half", [0], labels, classes, "uri", "user", mask_id="abc")
+        assert path == "masks/half/abc/mask"
+        np.testing.assert_array_equal(client.read(client.node(path)), labels)

@@ -85,6 +85,9 @@ def test_paint_two_classes_undo_redo_and_find_the_strokes_after_a_reload(page, s
     expect(page.locator("#annotation-status")).to_have_text("2 strokes on 1 slice, saved.")
     two_strokes = wait_for_overlay(page, lambda source: source not in (None, one_stroke))
     assert two_strokes.startswith("/masks/painted/") and two_strokes.endswith("/32.png")
+    page.wait_for_function(  # the drawn shapes give way to the saved mask's overlay
+        "() => !(document.querySelector('#slice-view .js-plotly-plot').layout.shapes || []).length"
+    )
 
     page.get_by_role("button", name="Undo").click()
     expect(page.locator("#annotation-status")).to_have_text("1 stroke on 1 slice, saved.")
@@ -126,3 +129,7 @@ def test_zooming_in_asks_for_a_finer_image(page, services):
     expect(slice_image).to_have_attribute("href", re.compile(r"/z/1\.jpeg.*max_size=2048$"))
     page.keyboard.press("ArrowLeft")  # the zoom stays while moving through slices
     expect(slice_image).to_have_attribute("href", re.compile(r"/z/0\.jpeg.*max_size=2048$"))
+    page.mouse.down()
+    page.mouse.move(box["x"] + box["width"] / 2 + 40, box["y"] + box["height"] / 2 + 20, steps=4)
+    expect(slice_image).to_have_attribute("href", re.compile(r"/z/0\.jpeg"))  # Plotly redraws images while panning
+    page.mouse.up()

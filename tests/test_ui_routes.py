@@ -30,6 +30,10 @@ def services(tmp_path_factory):
         services.start("tiled")
         writer = services.tiled(writable=True)
         writer["recons"].create_container("scan").write_array(VOLUME, key="data", metadata={})
+        pair = writer["recons"].create_container("pair")
+        pair.write_array(VOLUME, key="first")
+        pair.write_array(VOLUME, key="second")
+        writer["recons"].write_array(VOLUME[0], key="flat")
         yield services
     finally:
         services.stop_all()
@@ -105,6 +109,9 @@ def test_display_defaults_come_from_percentiles_of_a_sample(client):
         ("/slices/scan/z/0.png?low=a&high=1", 400, "must be numbers"),
         ("/slices/scan/z/0.png?max_size=1000000", 400, "max_size must be within"),
         ("/scans/missing/display", 404, "no scan 'missing'"),
+        ("/scans/pair/display", 422, "/recons/pair holds 2 arrays (first, second) and no 'data'"),
+        ("/scans/flat/display", 422, "/recons/flat is not a 3-D (z, y, x) array"),
+        ("/slices/flat/z/0.png", 400, "/recons/flat is not a 3-D (z, y, x) array"),
         ("/results/scan/no-such-job/0.png", 404, "no result 'no-such-job'"),
         ("/results/scan/labels-job/9.png", 400, "z index 9 is outside 0..5"),
         ("/results/scan/labels-job/0.png?hidden=one", 400, "hidden must be comma-separated class numbers"),

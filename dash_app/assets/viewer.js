@@ -127,16 +127,19 @@ function strokeFromShape(shape, tool, classId, width) {
   return { tool: tool === "polygon" ? "polygon" : "brush", class_id: classId, points: points, width: width };
 }
 
-// Point the figure's drawn images at new URLs as Plotly itself would (its `xlink:href`,
-// the `_imgSrc` it compares before setting one, the layout it redraws from); false when
-// the drawn figure does not have these images, and Plotly must draw it.
+// Point the figure's drawn images at new URLs as Plotly itself would: its `xlink:href`,
+// the `_imgSrc` it compares before setting one, and both layouts (`layout`, from which a
+// redraw starts, and `_fullLayout`, from which a zoom or pan redraws the images). False
+// when Plotly must draw the figure: it lacks these images, or shows shapes the user drew
+// (the new figure clears them).
 const XLINK = "http://www.w3.org/1999/xlink";
 function swapImageSources(sources) {
   const plot = document.querySelector("#slice-view .js-plotly-plot");
   const drawn = plot && plot.layout && plot.layout.images;
-  if (!drawn || drawn.length !== sources.length) {
+  if (!drawn || drawn.length !== sources.length || (plot.layout.shapes || []).length) {
     return false;
   }
+  const full = (plot._fullLayout && plot._fullLayout.images) || [];
   const elements = [...plot.querySelectorAll("image")];
   const shown = drawn.map((image) => elements.find((element) => element._imgSrc === image.source));
   if (shown.some((element) => !element)) {
@@ -147,6 +150,7 @@ function swapImageSources(sources) {
       shown[position].setAttributeNS(XLINK, "xlink:href", source);
       shown[position]._imgSrc = source;
       drawn[position].source = source;
+      full.filter((image) => image._index === position).forEach((image) => { image.source = source; });
     }
   });
   return true;
@@ -221,7 +225,7 @@ function currentView(view, width, height) {
 // the pixels to encode, send and decode.)
 const LARGEST_IMAGE = 8192;
 function imageSize(graph, width, height, xRange, yRange) {
-  const screen = graph ? Math.max(graph.clientWidth, graph.clientHeight) * (window.devicePixelRatio || 1) : 1024;
+  const screen = graph && graph.clientWidth ? Math.max(graph.clientWidth, graph.clientHeight) * (window.devicePixelRatio || 1) : 1024;
   const visible = Math.max(Math.abs(xRange[1] - xRange[0]) / width, Math.abs(yRange[1] - yRange[0]) / height, 1e-3);
   const longest = Math.max(width, height, 1);
   const needed = Math.min(longest, screen / Math.min(visible, 1));

@@ -21,7 +21,7 @@ from dash_app.annotations import PALETTE, Annotations, ClassInfo, Stroke
 from dash_app.masks import latest_annotations, save_annotations
 from mlex_tomo.settings import StackSettings
 from mlex_tomo.tiled_http import TiledHttpClient
-from mlex_tomo.tiled_layout import RECONS, connect_http, node_uri
+from mlex_tomo.tiled_layout import RECONS, check_writable, node_uri
 
 HISTORY_LIMIT = 100
 TOOLS = [("Pan", "pan"), ("Brush", "brush"), ("Eraser", "eraser"), ("Polygon", "polygon"), ("Rectangle", "rectangle")]
@@ -144,8 +144,8 @@ def class_info(name: str | None, colour: str) -> ClassInfo:
 def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClient) -> None:
     def save(annotations: Annotations) -> str | None:
         data_uri = node_uri(settings, f"{RECONS}/{annotations.scan}")
-        with connect_http(settings, writable=True) as writer:
-            return save_annotations(writer, annotations, data_uri, settings.ui.username or "local user")
+        check_writable(settings)
+        return save_annotations(tiled, annotations, data_uri, settings.ui.username or "local user")
 
     @app.callback(
         Output("annotations", "data"), Output("history", "data"), Output("mask-path", "data"),

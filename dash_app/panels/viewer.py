@@ -12,7 +12,7 @@ from typing import Any
 import plotly.graph_objects as go
 from dash import ClientsideFunction, Dash, Input, Output, State, dcc, html, no_update
 
-from dash_app.volumes import AXES, ScanLibrary, ScanNotFound
+from dash_app.volumes import AXES, ScanLibrary, ScanNotFound, UnreadableScan
 
 
 def layout() -> html.Div:
@@ -36,6 +36,7 @@ def layout() -> html.Div:
                     html.Span(id="slice-label", className="slice-label"),
                 ],
             ),
+            html.P(id="viewer-message", className="errors"),
             dcc.Store(id="viewport"),
             dcc.Store(id="slice-loaded"),
             html.Div(
@@ -69,16 +70,18 @@ def histogram_figure(defaults: dict[str, Any]) -> go.Figure:
 
 
 def register_callbacks(app: Dash, library: ScanLibrary) -> None:
-    @app.callback(Output("display-defaults", "data"), Input("scan", "value"))
-    def load_defaults(scan: str | None) -> dict | None:
+    @app.callback(Output("display-defaults", "data"), Output("viewer-message", "children"), Input("scan", "value"))
+    def load_defaults(scan: str | None) -> tuple[dict | None, str]:
         if scan is None:
-            return None
+            return None, ""
         try:
             defaults = library.display_defaults(scan)
             shape = library.volume(scan).shape
         except ScanNotFound:
-            return None
-        return {"scan": scan, "shape": list(shape), **defaults.__dict__}
+            return None, ""
+        except UnreadableScan as error:
+            return None, f"This scan cannot be shown: {error}"
+        return {"scan": scan, "shape": list(shape), **defaults.__dict__}, ""
 
     @app.callback(
         Output("window", "min"), Output("window", "max"), Output("window", "value"), Output("window", "step"),

@@ -237,7 +237,7 @@ class ScanLibrary:
     def _prefetch_ahead(
         self, scan: str, axis: Axis, index: int, step: int, shape: tuple[int, ...], rendering: Rendering | None = None,
     ) -> None:
-        """Keep the next slices in the direction of travel read; after a jump, a few on each side.
+        """Keep the next slices in the direction of travel read; after a jump, one on each side.
 
         Ahead of a user stepping or scrubbing through z, a slab of PREFETCH_SLAB slices is
         read in one request whenever fewer than READ_AHEAD slices ahead are held or being
@@ -254,8 +254,7 @@ class ScanLibrary:
             for key, prefetch in list(self.prefetches.items()):
                 if key[:2] == (scan, axis):
                     prefetch.cancel()
-            around = PREFETCH_SLAB // 2  # either way the user goes next, the first steps are ready
-            self._prefetch(scan, max(index - around, 0), min(index + around + 1, shape[0]), step, rendering)
+            self._prefetch(scan, max(index - 1, 0), min(index + 2, shape[0]), step, rendering)  # one request for both
             return
         direction = 1 if moved > 0 else -1
         ahead = range(index + direction, index + direction * (READ_AHEAD + 1), direction)

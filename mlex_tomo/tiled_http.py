@@ -116,7 +116,7 @@ class TiledHttpClient:
         return np.frombuffer(response.content, dtype=array.dtype).reshape(shape)
 
     def create_container(self, parent: str, key: str, metadata: dict[str, Any]) -> Node:
-        return self._create(parent, key, "container", metadata, data_sources=[])
+        return self._create(parent, key, "container", metadata, [], {})
 
     def write_array(self, parent: str, key: str, array: NDArray[Any], metadata: dict[str, Any]) -> Node:
         """A new array node holding `array`, stored by Tiled one first-axis slice per chunk."""
@@ -132,7 +132,7 @@ class TiledHttpClient:
             "structure_family": "array", "structure": structure, "id": None, "mimetype": None,
             "parameters": {}, "properties": {}, "assets": [], "management": "writable",
         }
-        node = self._create(parent, key, "array", metadata, data_sources=[data_source])
+        node = self._create(parent, key, "array", metadata, [data_source], structure)
         try:
             self._send(
                 "PUT", f"/array/full/{_quoted(node.path)}", content=array.tobytes(),
@@ -149,14 +149,18 @@ class TiledHttpClient:
         except TiledError:
             pass
 
-    def _create(self, parent: str, key: str, structure_family: str, metadata: dict[str, Any], data_sources: list) -> Node:
+    def _create(
+        self, parent: str, key: str, structure_family: str, metadata: dict[str, Any], data_sources: list,
+        structure: dict[str, Any],
+    ) -> Node:
+        """The node as created; described from what was sent, not read back (a request less)."""
         parent = parent.strip("/")
         body = {
             "id": key, "structure_family": structure_family, "metadata": metadata, "specs": [],
             "data_sources": data_sources, "access_blob": {},
         }
         self._send("POST", f"/metadata/{_quoted(parent)}", json=body)
-        return self.node(f"{parent}/{key}")
+        return Node(f"{parent}/{key}", structure_family, metadata, structure)
 
     def _get(self, url: str, **options: Any) -> httpx.Response:
         attempt = 1

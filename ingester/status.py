@@ -40,12 +40,13 @@ class IngesterStatus:
         self.write()
 
     def write(self) -> None:
+        """Held under the lock throughout: the refresher and the listener share one temporary file."""
         with self._lock:
             document = {**self._state, "counts": dict(self._counts), "updated_at": _now()}
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = self.path.with_suffix(".tmp")
-        temporary.write_text(json.dumps(document))
-        os.replace(temporary, self.path)
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            temporary = self.path.with_suffix(".tmp")
+            temporary.write_text(json.dumps(document))
+            os.replace(temporary, self.path)
 
     def keep_fresh(self, stop: threading.Event) -> None:
         """Rewrite the file periodically until `stop`; run in a daemon thread."""

@@ -6,6 +6,10 @@ the message stays unacknowledged and is retried; if the broker connection drops,
 broker redelivers it to the next connection. Topics are consumed through a durable
 subscription named by the client id, so nothing published while the ingester is down
 is lost.
+
+Every wait on the broker is bounded: a broker that accepts the connection but never
+answers the CONNECT or the SUBSCRIBE (one still starting, or hung) costs a reconnect,
+not a listener that waits forever on a connection that will never deliver.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import queue
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 
@@ -31,7 +35,7 @@ from mlex_tomo.settings import StackSettings
 log = logging.getLogger("mlex_tomo.ingester")
 
 SUBSCRIPTION_ID = "mlex-tomo-ingest"
-RECEIPT_TIMEOUT_SECONDS = 10.0
+ANSWER_TIMEOUT_SECONDS = 10.0
 FIRST_RETRY_SECONDS = 0.5
 FRAME_POLL_SECONDS = 0.5
 
@@ -42,6 +46,7 @@ class _Session:
 
     connection: stomp.StompConnection12
     frames: queue.Queue = field(default_factory=queue.Queue)
+    connected: threading.Event = field(default_factory=threading.Event)
     disconnected: threading.Event = field(default_factory=threading.Event)
     receipts: dict[str, threading.Event] = field(default_factory=dict)
 
@@ -49,6 +54,9 @@ class _Session:
 class _SessionListener(stomp.ConnectionListener):
     def __init__(self, session: _Session) -> None:
         self.session = session
+
+    def on_connected(self, frame) -> None:
+        self.session.connected.set()
 
     def on_message(self, frame) -> None:
         self.session.frames.put(frame)
@@ -67,6 +75,10 @@ class _SessionListener(stomp.ConnectionListener):
     def on_heartbeat_timeout(self) -> None:
         log.warning("broker heart-beat missed; reconnecting")
         self.session.disconnected.set()
+
+
+class BrokerDidNotAnswer(StompException):
+    """The broker kept the connection open but did not answer in time."""
 
 
 class Listener:
@@ -110,13 +122,23 @@ class Listener:
         session = _Session(connection)
         connection.set_listener("ingester", _SessionListener(session))
         password = broker.password.get_secret_value() if broker.password else None
-        connection.connect(
-            broker.user, password, wait=True, headers={"client-id": ingester.client_id}
-        )
         headers = {"activemq.prefetchSize": "1"}
         if ingester.destination.startswith("/topic/"):
             headers["activemq.subscriptionName"] = ingester.client_id
-        connection.subscribe(ingester.destination, id=SUBSCRIPTION_ID, ack="client-individual", headers=headers)
+        try:
+            connection.connect(broker.user, password, wait=False, headers={"client-id": ingester.client_id})
+            _wait_for(session, session.connected, "the CONNECT")
+            _confirmed(
+                session,
+                "the SUBSCRIBE",
+                lambda receipt: connection.subscribe(
+                    ingester.destination, id=SUBSCRIPTION_ID, ack="client-individual",
+                    headers=headers, receipt=receipt,
+                ),
+            )
+        except BaseException:
+            _close(session)
+            raise
         return session
 
     def _consume(self, session: _Session, stop: threading.Event) -> None:
@@ -179,8 +201,6 @@ class Listener:
 
     def _dead_letter(self, session: _Session, frame, reason: str) -> None:
         """Hand the original body on with the reason; return once the broker has it."""
-        receipt = uuid.uuid4().hex
-        arrived = session.receipts[receipt] = threading.Event()
         headers = {
             "mlex-reason": " ".join(reason.split()),
             "mlex-original-destination": frame.headers.get("destination", ""),
@@ -189,14 +209,33 @@ class Listener:
         }
         if "content-type" in frame.headers:
             headers["content-type"] = frame.headers["content-type"]
-        session.connection.send(
-            self.settings.ingester.dead_letter_destination, frame.body, headers=headers, receipt=receipt
+        _confirmed(
+            session,
+            "the dead-lettered copy",
+            lambda receipt: session.connection.send(
+                self.settings.ingester.dead_letter_destination, frame.body, headers=headers, receipt=receipt
+            ),
         )
-        try:
-            if not arrived.wait(RECEIPT_TIMEOUT_SECONDS):
-                raise Interrupted("the broker did not confirm the dead-lettered copy")
-        finally:
-            del session.receipts[receipt]
+
+
+def _confirmed(session: _Session, what: str, send: Callable[[str], None]) -> None:
+    """Send a frame asking for a receipt; return once the broker has confirmed it."""
+    receipt = uuid.uuid4().hex
+    arrived = session.receipts[receipt] = threading.Event()
+    try:
+        send(receipt)
+        _wait_for(session, arrived, what)
+    finally:
+        del session.receipts[receipt]
+
+
+def _wait_for(session: _Session, answered: threading.Event, what: str) -> None:
+    deadline = time.monotonic() + ANSWER_TIMEOUT_SECONDS
+    while not answered.wait(0.1):
+        if session.disconnected.is_set():
+            raise BrokerDidNotAnswer(f"the broker closed the connection before answering {what}")
+        if time.monotonic() > deadline:
+            raise BrokerDidNotAnswer(f"the broker did not answer {what} within {ANSWER_TIMEOUT_SECONDS:g} s")
 
 
 @contextmanager
@@ -205,12 +244,15 @@ def _broker_loss_interrupts(doing: str) -> Iterator[None]:
     try:
         yield
     except (StompException, OSError) as error:
-        raise Interrupted(f"broker connection lost while {doing} ({type(error).__name__})") from None
+        detail = f"{type(error).__name__}: {error}" if str(error) else type(error).__name__
+        raise Interrupted(f"broker connection lost while {doing} ({detail})") from None
 
 
 def _close(session: _Session) -> None:
+    """Say goodbye if the broker is listening, then drop the socket whatever it answered."""
     try:
         if session.connection.is_connected():
             session.connection.disconnect()
     except (StompException, OSError):
         pass
+    session.connection.transport.disconnect_socket()

@@ -67,5 +67,5 @@ class MaskOverlays:
             colours = {int(index): rgb(info["color"]) for index, info in node.metadata["classes"].items()}
             if len(self.masks) >= self.capacity:
                 self.masks.pop(next(iter(self.masks)))
-            self.masks[key] = (row_of, self.tiled.read(node), colours)
+            self.masks[key] = (row_of, self.tiled.read(node, compressed=True), colours)
         return self.masks[key]

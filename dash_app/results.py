@@ -77,5 +77,5 @@ class ResultOverlays:
             return colour_labels(np.full(shape, UNLABELLED, np.int8), {}), description.finished
         if job_id not in self.labels:
             self.labels[job_id] = self.tiled.node(f"{RESULTS}/{job_id}/{RESULT_KEY}")  # its shape and dtype never change
-        labels = self.tiled.read(self.labels[job_id], (description.slices.index(z),))
+        labels = self.tiled.read(self.labels[job_id], (description.slices.index(z),), compressed=True)
         return colour_labels(labels, colours, hidden), description.finished

@@ -103,12 +103,19 @@ class TiledHttpClient:
             if not page["data"] or page["links"].get("next") is None:
                 return children
 
-    def read(self, array: Node, selection: Selection = ()) -> NDArray[Any]:
-        """The selected part of an array (integers and slices, steps included), as NumPy."""
+    def read(self, array: Node, selection: Selection = (), compressed: bool = False) -> NDArray[Any]:
+        """The selected part of an array (integers and slices, steps included), as NumPy.
+
+        Sent raw unless `compressed`. Tiled compresses a response on the fly when the
+        client accepts it, and noisy reconstructions hardly shrink: Tiled then sends them
+        raw anyway, after trying (8 strided 2048² slices here: 170 ms accepting zstd,
+        370 ms gzip, 100 ms raw). Labels, mostly zeros, shrink a hundredfold.
+        """
         params = {"slice": selection_text(selection)} if selection else {}
-        response = self._get(
-            f"/array/full/{_quoted(array.path)}", params=params, headers={"Accept": "application/octet-stream"}
-        )
+        headers = {"Accept": "application/octet-stream"}
+        if not compressed:
+            headers["Accept-Encoding"] = "identity"
+        response = self._get(f"/array/full/{_quoted(array.path)}", params=params, headers=headers)
         shape = selected_shape(array.shape, selection)
         expected = int(np.prod(shape)) * array.dtype.itemsize
         if len(response.content) != expected:

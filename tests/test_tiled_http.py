@@ -60,6 +60,20 @@ def test_reads_match_tiled_s_own_client(services, request):
 
 
 @pytest.mark.stack
+def test_arrays_come_raw_unless_compression_is_asked_for(services, request):
+    """Reconstructions hardly shrink and Tiled's gzip costs more than it saves; labels are mostly zeros."""
+    client = connect_http(services.settings, writable=True)
+    request.addfinalizer(client.close)
+    client.create_container("masks", "sparse", {})
+    sparse = client.write_array("masks/sparse", "mask", np.zeros((2, 256, 256), np.uint8), {})
+    encodings = []
+    client.http.event_hooks["response"].append(lambda response: encodings.append(response.headers.get("content-encoding")))
+    np.testing.assert_array_equal(client.read(sparse), 0)
+    np.testing.assert_array_equal(client.read(sparse, compressed=True), 0)
+    assert encodings[0] is None and encodings[1] in {"zstd", "gzip"}
+
+
+@pytest.mark.stack
 def test_children_are_listed_page_by_page(services, monkeypatch):
     writer = services.tiled(writable=True)
     many = writer["recons"].create_container("many")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -25,6 +25,8 @@ from mlex_tomo.tiled_layout import RECONS, VOLUME_KEY
 Axis = Literal["z", "y", "x"]
 AXES: tuple[Axis, ...] = ("z", "y", "x")
 PREFETCH_SLAB = 8  # slices read ahead in one request while stepping through z
+JUMP_NEIGHBOURS = 1  # slices read on each side of a slice jumped to, in the same request
+FIRST_SLAB = 2  # after a jump, read-ahead slabs start this small and double up to PREFETCH_SLAB
 READ_AHEAD = 2 * PREFETCH_SLAB  # a slab is read once fewer slices than this are held ahead
 IMAGE_SHARE = 4  # a quarter of the cache holds encoded images, the rest slices as read
 SAMPLE_SLICES = 8
@@ -106,6 +108,20 @@ def _size(value: NDArray[Any] | bytes) -> int:
     return value.nbytes if isinstance(value, np.ndarray) else len(value)
 
 
+@dataclass(eq=False)
+class _SlabRead:
+    """z slices first..stop-1 read in the background in one request.
+
+    `arrived` is set once their pixels are cached, before they are encoded, so a request
+    waiting for one of them does not also wait for the encoding of the others.
+    """
+
+    first: int
+    stop: int
+    arrived: Future[None] = field(default_factory=Future)
+    task: Future[None] = field(init=False)  # set once submitted
+
+
 class ScanLibrary:
     """Scans under /recons, their slices and display defaults."""
 
@@ -117,8 +133,9 @@ class ScanLibrary:
         self.defaults: dict[str, DisplayDefaults] = {}
         self.lock = threading.Lock()
         self.prefetcher = ThreadPoolExecutor(2, thread_name_prefix="prefetch")
-        self.prefetches: dict[tuple, Future[None]] = {}
+        self.prefetches: dict[tuple, _SlabRead] = {}
         self.last_index: dict[tuple, int] = {}
+        self.slab_size: dict[tuple, int] = {}
 
     def scans(self) -> list[ScanSummary]:
         summaries = []
@@ -161,19 +178,18 @@ class ScanLibrary:
     def slice(self, scan: str, axis: Axis, index: int, max_size: int) -> NDArray[Any]:
         """The slice with every n-th pixel, n the smallest that fits its longer side in `max_size`."""
         shape, step = self._locate(scan, axis, index, max_size)
-        image = self._read((scan, axis, index, step))
         self._prefetch_ahead(scan, axis, index, step, shape)
-        return image
+        return self._read((scan, axis, index, step))
 
     def image(self, scan: str, axis: Axis, index: int, max_size: int, rendering: Rendering) -> bytes:
         """The slice windowed and encoded; the slices read ahead are encoded ahead the same way."""
         shape, step = self._locate(scan, axis, index, max_size)
+        self._prefetch_ahead(scan, axis, index, step, shape, rendering)
         key = (scan, axis, index, step, rendering)
         body = self.images.get(key)
         if body is None:
             pixels = self._read((scan, axis, index, step))
             body = self.images.get(key) or self._encode(key, pixels)  # a prefetch may have encoded it meanwhile
-        self._prefetch_ahead(scan, axis, index, step, shape, rendering)
         return body
 
     def _locate(self, scan: str, axis: Axis, index: int, max_size: int) -> tuple[tuple[int, ...], int]:
@@ -211,7 +227,7 @@ class ScanLibrary:
         prefetch = self.prefetches.get(key)
         # A queued prefetch is dropped (read now, not after the queue); one under way is waited for
         # rather than read a second time, and read again here only if it failed.
-        if prefetch is not None and not prefetch.cancel() and prefetch.exception() is None:
+        if prefetch is not None and not prefetch.task.cancel() and _arrives(prefetch):
             cached = self.cache.get(key)
             if cached is not None:
                 return cached
@@ -225,25 +241,39 @@ class ScanLibrary:
         self.cache.put(key, image)
         return image
 
-    def _fetch_slab(self, scan: str, first: int, stop: int, step: int, rendering: Rendering | None) -> None:
-        """z slices first..stop-1 in one request (Tiled's cost is per request), encoded when a rendering is given."""
+    def _fetch_slab(self, scan: str, first: int, stop: int, step: int) -> NDArray[Any]:
+        """z slices first..stop-1 in one request (Tiled's cost is per request), each cached."""
         every = slice(None, None, step)
         slab = self.tiled.read(self.volume(scan), (slice(first, stop), every, every))
         for offset, pixels in enumerate(slab):
             self.cache.put((scan, "z", first + offset, step), pixels.copy())
-            if rendering is not None:
-                self._encode((scan, "z", first + offset, step, rendering), pixels)
+        return slab
+
+    def _prefetch_slab(self, read: _SlabRead, scan: str, step: int, rendering: Rendering | None, upwards: bool) -> None:
+        """Read in the background; then encoded, in the direction of travel, when a rendering is given."""
+        try:
+            slab = self._fetch_slab(scan, read.first, read.stop, step)
+        except BaseException as error:
+            read.arrived.set_exception(error)
+            raise
+        read.arrived.set_result(None)
+        if rendering is not None:
+            for offset in range(len(slab)) if upwards else reversed(range(len(slab))):
+                self._encode((scan, "z", read.first + offset, step, rendering), slab[offset])
 
     def _prefetch_ahead(
         self, scan: str, axis: Axis, index: int, step: int, shape: tuple[int, ...], rendering: Rendering | None = None,
     ) -> None:
-        """Keep the next slices in the direction of travel read; after a jump, one on each side.
+        """Keep the next slices in the direction of travel read; after a jump, read the slice and one on each side.
 
-        Ahead of a user stepping or scrubbing through z, a slab of PREFETCH_SLAB slices is
-        read in one request whenever fewer than READ_AHEAD slices ahead are held or being
-        read, so that a slab is ready before the user reaches it even while the reads share
-        the machine with the browser. A jump drops the prefetches still queued, so the user
-        does not wait behind reads nobody will look at.
+        Ahead of a user stepping or scrubbing through z, a slab is read in one request
+        whenever fewer than READ_AHEAD slices ahead are held or being read, so that a slab
+        is ready before the user reaches it even while the reads share the machine with the
+        browser. After a jump the slabs start at FIRST_SLAB slices and double up to
+        PREFETCH_SLAB: a scrub's first steps wait on a small read, not on a large one. A
+        jump also drops the prefetches still queued, so the user does not wait behind
+        reads nobody will look at, and reads the slice with its neighbours at once, in one
+        request: a read handed to the prefetch threads could wait behind one under way.
         """
         if axis != "z":
             return  # y and x slices cross every chunk of a z-chunked volume: read them on demand only
@@ -253,31 +283,51 @@ class ScanLibrary:
         if not 0 < abs(moved) <= PREFETCH_SLAB:
             for key, prefetch in list(self.prefetches.items()):
                 if key[:2] == (scan, axis):
-                    prefetch.cancel()
-            self._prefetch(scan, max(index - 1, 0), min(index + 2, shape[0]), step, rendering)  # one request for both
+                    prefetch.task.cancel()
+            self.slab_size[view] = FIRST_SLAB
+            if not self._held(scan, index, step):
+                self._fetch_slab(scan, max(index - JUMP_NEIGHBOURS, 0), min(index + JUMP_NEIGHBOURS + 1, shape[0]), step)
             return
         direction = 1 if moved > 0 else -1
         ahead = range(index + direction, index + direction * (READ_AHEAD + 1), direction)
         first_missing = next((z for z in ahead if 0 <= z < shape[0] and not self._held(scan, z, step)), None)
         if first_missing is None:
             return
+        size = self.slab_size.get(view, PREFETCH_SLAB)
+        self.slab_size[view] = min(2 * size, PREFETCH_SLAB)
         if direction > 0:
-            self._prefetch(scan, first_missing, min(first_missing + PREFETCH_SLAB, shape[0]), step, rendering)
+            self._prefetch(scan, first_missing, min(first_missing + size, shape[0]), step, rendering, upwards=True)
         else:
-            self._prefetch(scan, max(first_missing - PREFETCH_SLAB + 1, 0), first_missing + 1, step, rendering)
+            self._prefetch(scan, max(first_missing - size + 1, 0), first_missing + 1, step, rendering, upwards=False)
 
     def _held(self, scan: str, z: int, step: int) -> bool:
         key = (scan, "z", z, step)
         return key in self.prefetches or self.cache.get(key) is not None
 
-    def _prefetch(self, scan: str, first: int, stop: int, step: int, rendering: Rendering | None) -> None:
+    def _prefetch(self, scan: str, first: int, stop: int, step: int, rendering: Rendering | None, upwards: bool) -> None:
         if all(self._held(scan, z, step) for z in range(first, stop)):
             return
         keys = [(scan, "z", z, step) for z in range(first, stop)]
-        prefetch = self.prefetcher.submit(self._fetch_slab, scan, first, stop, step, rendering)
+        read = _SlabRead(first, stop)
+        read.task = self.prefetcher.submit(self._prefetch_slab, read, scan, step, rendering, upwards)
         for key in keys:
-            self.prefetches[key] = prefetch
-            prefetch.add_done_callback(lambda _, key=key: self.prefetches.pop(key, None))
+            self.prefetches[key] = read
+        read.task.add_done_callback(lambda _: self._forget(read, keys))
+
+    def _forget(self, read: _SlabRead, keys: list[tuple]) -> None:
+        read.arrived.cancel()  # a read dropped from the queue: nobody may wait for it
+        for key in keys:
+            if self.prefetches.get(key) is read:
+                del self.prefetches[key]
+
+
+def _arrives(read: _SlabRead) -> bool:
+    """Wait for a read under way; whether its slices arrived."""
+    try:
+        read.arrived.result()
+    except Exception:  # noqa: BLE001 - a failed or dropped read is read again by the caller
+        return False
+    return True
 
 
 def slice_shape(shape: tuple[int, ...], axis: Axis) -> tuple[int, ...]:

@@ -96,7 +96,7 @@ class Listener:
                 session = self._open_session()
             except (StompException, OSError) as error:
                 self.status.update(connected=False)
-                log.warning("broker %s:%s unreachable (%r); retrying in %.1f s", host, port, error, delay)
+                log.warning("broker %s:%s not available (%r); retrying in %.1f s", host, port, error, delay)
                 stop.wait(delay)
                 delay = min(delay * 2, self.settings.ingester.reconnect_max_seconds)
                 continue

@@ -15,8 +15,9 @@ the SVG `<image>` that Plotly puts in `#slice-view` finish loading the slice's J
 the slice counts as painted at the first task after the next animation frame
 (`requestAnimationFrame`, then `setTimeout 0`), once the frame showing it has been
 produced (rasterising it is left to the compositor and not included). A change starts
-when the page calls `dash_clientside.set_props("slice-index", ...)`, as the slider and
-the arrow keys do, so the time covers Dash's clientside callback, Plotly's redraw, the
+when the page sets the slice slider's value and fires its `input` event, as the browser
+does for each step of a drag or a click on the slider (the arrow keys take the same path
+in the app), so the time covers the app's script, the image swap in Plotly's figure, the
 HTTP request (Tiled read, window, JPEG encode on the server) and the image's decode.
 The image's resource timing splits it: change -> request sent, -> response received,
 -> painted. Measured for each volume, each part on a freshly started web app (empty
@@ -128,7 +129,11 @@ PAINT_PROBE = """
       waiters.delete(index);
     }, 0));
   }, true);
-  const setSlice = (index) => window.dash_clientside.set_props("slice-index", { value: index });
+  const setSlice = (index) => {  // as a drag or click on the slider does
+    const slider = document.querySelector("#slice-slider input[type=range]");
+    slider.value = String(index);
+    slider.dispatchEvent(new Event("input", { bubbles: true }));
+  };
   const whenPainted = (index) => new Promise((resolve, reject) => {
     if (painted.has(index)) return resolve(painted.get(index));
     waiters.set(index, [...(waiters.get(index) || []), resolve]);

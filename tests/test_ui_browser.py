@@ -111,6 +111,34 @@ def test_paint_two_classes_undo_redo_and_find_the_strokes_after_a_reload(page, s
     assert set(np.unique(labels)) == {-1, 0, 1}
 
 
+def test_the_slider_keys_and_jumps_to_painted_slices_agree_on_the_slice(page, services):
+    """The slider and keys move the image without Dash; the jumps, run by Dash, start from where they left it."""
+    write_scan(services.tiled(writable=True), "jumps", "2026-11-23T03:00:00+00:00")
+    page.reload()
+    pick_scan(page, "jumps (64 x 64 x 64, float32)")
+    expect(page.locator("#slice-label")).to_have_text("z = 32 / 63")
+    paint(page, (200, 200), (400, 260))
+    expect(page.locator("#annotation-status")).to_have_text("1 stroke on 1 slice, saved.")
+
+    slider = page.locator("#slice-slider input[type=range]")
+    box = slider.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.down()
+    page.mouse.move(box["x"] - 20, box["y"] + box["height"] / 2, steps=8)
+    page.mouse.up()
+    expect(page.locator("#slice-label")).to_have_text("z = 0 / 63")
+    expect(page.locator("#slice-view image").first).to_have_attribute("href", re.compile(r"/slices/jumps/z/0\.jpeg"))
+    page.get_by_role("button", name="annotated ▶").click()
+    expect(page.locator("#slice-label")).to_have_text("z = 32 / 63")
+    expect(slider).to_have_value("32")
+
+    page.keyboard.press("PageUp")
+    expect(page.locator("#slice-label")).to_have_text("z = 42 / 63")
+    expect(slider).to_have_value("42")
+    page.get_by_role("button", name="◀ annotated").click()
+    expect(page.locator("#slice-label")).to_have_text("z = 32 / 63")
+
+
 def test_zooming_in_asks_for_a_finer_image(page, services):
     wide = np.tile(np.arange(2048, dtype=np.uint8), (2, 2048, 1))
     metadata = {"shape": list(wide.shape), "dtype": "uint8", "format": "zarr", "ingested_at": "2026-11-30T03:00:00+00:00"}

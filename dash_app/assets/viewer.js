@@ -1,76 +1,28 @@
-// Builds the slice figure in the browser around an image URL, and moves through slices with keys.
-const viewerState = { index: null, last: 0, view: null, frame: null };  // the slice, view and figure (less image URLs), as last drawn
+// Builds the slice figure in the browser around an image URL, and moves through slices with
+// the slider and keys without waiting for Dash (see showSlice).
+const viewerState = { index: null, last: 0, view: null, frame: null, inputs: null };  // the slice, view, figure (less image URLs) and callback inputs, as last drawn
 
 window.dash_clientside = Object.assign({}, window.dash_clientside, {
   mlexTomo: {
-    sliceFigure: function (defaults, axis, index, window, tool, brushSize, activeClass, annotations, maskPath,
-                           labelOpacity, visibleClasses, result, resultOpacity, resultClasses, viewport, sliceLoaded) {
+    sliceFigure: function (...inputs) {
+      const [defaults, axis, index] = inputs;
       if (!defaults) {
+        viewerState.inputs = null;
         return [{ data: [], layout: { xaxis: { visible: false }, yaxis: { visible: false } } }, ""];
       }
-      const axes = ["z", "y", "x"];
-      const shape = defaults.shape.filter((_, position) => position !== axes.indexOf(axis));
-      const [height, width] = shape;
-      const [low, high] = window;
-      const scan = encodeURIComponent(defaults.scan);
-      const graph = document.getElementById("slice-view");
-      const [xRange, yRange] = currentView(`${defaults.scan}/${axis}`, width, height);
-      const maxSize = imageSize(graph, width, height, xRange, yRange);
-      const layer = (source, name, opacity) => ({
-        source: source, name: name, xref: "x", yref: "y", x: 0, y: 0, sizex: width, sizey: height,
-        sizing: "stretch", layer: name === "slice" ? "below" : "above", opacity: opacity,
-      });
-      const sliceUrl = (size) => `/slices/${scan}/${axis}/${index}.jpeg?low=${low}&high=${high}&max_size=${size}`;
-      // Overlays follow the slice on screen, which may still be an earlier one (see sliceSource).
-      const [source, drawn] = sliceSource(sliceUrl(maxSize), sliceUrl(Math.max(256, Math.ceil(maxSize / 4))), index, `${defaults.scan}/${axis}`);
-      const images = [layer(source, "slice", 1)];
-      if (result && result.scan === defaults.scan && axis === "z") {
-        const hidden = result.classes.filter((label) => !(resultClasses || []).includes(label));
-        if (hidden.length < result.classes.length) {
-          const job = encodeURIComponent(result.job_id);
-          images.push(layer(`/results/${scan}/${job}/${drawn}.png?status=${result.status}${hiddenQuery(hidden)}`, "result", resultOpacity));
-        }
-      }
-      if (maskPath && axis === "z" && annotations) {
-        const ids = Object.keys(annotations.classes).map(Number).sort((a, b) => a - b);
-        const hidden = ids.flatMap((id, position) => (visibleClasses || []).includes(id) ? [] : [position]);
-        if (hidden.length < ids.length) {
-          const maskId = maskPath.split("/")[2];
-          images.push(layer(`/masks/${scan}/${maskId}/${drawn}.png${hiddenQuery(hidden).replace("&", "?")}`, "labels", labelOpacity));
-        }
-      }
-      const classInfo = annotations && annotations.classes[String(activeClass)];
-      const colour = tool === "eraser" ? "#ffffff" : (classInfo ? classInfo.color : "#ffffff");
-      const pixelsPerVoxel = graph ? graph.clientWidth / Math.max(width, 1) : 1;
-      const dragmode = { brush: "drawopenpath", eraser: "drawopenpath", polygon: "drawclosedpath", rectangle: "drawrect" }[tool] || "pan";
-      const figure = {
-        data: [{ x: [0, width], y: [0, height], mode: "markers", marker: { opacity: 0 }, hoverinfo: "none" }],
-        layout: {
-          images: images,
-          xaxis: { range: xRange, visible: false, constrain: "domain" },
-          yaxis: { range: yRange, visible: false, scaleanchor: "x" },
-          margin: { l: 0, r: 0, t: 0, b: 0 }, plot_bgcolor: "#111", paper_bgcolor: "#111",
-          dragmode: dragmode, uirevision: `${defaults.scan}/${axis}`, shapes: [],
-          newshape: {
-            line: { color: colour, width: Math.max(1, (tool === "brush" || tool === "eraser") ? brushSize * pixelsPerVoxel : 1) },
-            fillcolor: tool === "polygon" || tool === "rectangle" ? colour : "rgba(0,0,0,0)", opacity: 0.6,
-          },
-        },
-      };
-      const last = defaults.shape[axes.indexOf(axis)] - 1;
-      viewerState.index = index;
-      viewerState.last = last;
-      const label = `${axis} = ${index} / ${last}`;
+      inputs[2] = currentIndex(`${defaults.scan}/${axis}`, index);
+      const drawing = sliceDrawing(inputs);
+      viewerState.inputs = inputs;
+      showOnSlider(drawing);
       // A change of slice or window changes only the images' URLs: they are swapped in the
       // figure as drawn, which costs no Plotly redraw (half the time of a step through the
       // slices in software-rendered Chromium). While a dragged slider waits for its slice,
       // nothing changes at all.
-      const frame = JSON.stringify({ ...figure, layout: { ...figure.layout, images: images.map(({ source, ...rest }) => rest) } });
-      if (frame === viewerState.frame && swapImageSources(images.map((image) => image.source))) {
-        return [globalThis.dash_clientside.no_update, label];
+      if (drawnInPlace(drawing)) {
+        return [globalThis.dash_clientside.no_update, drawing.label];
       }
-      viewerState.frame = frame;
-      return [figure, label];
+      viewerState.frame = drawing.frame;
+      return [drawing.figure, drawing.label];
     },
 
     // Zooming and panning report the visible part of the slice, which sets the image resolution.
@@ -110,6 +62,170 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
     },
   },
 });
+
+// The figure for the viewer's callback inputs (sliceFigure's), with what is needed to draw
+// it in place: its images' URLs, the figure without them, the label under the slider.
+function sliceDrawing(inputs) {
+  const [defaults, axis, index, contrast, tool, brushSize, activeClass, annotations, maskPath,
+         labelOpacity, visibleClasses, result, resultOpacity, resultClasses] = inputs;
+  const axes = ["z", "y", "x"];
+  const view = `${defaults.scan}/${axis}`;
+  const shape = defaults.shape.filter((_, position) => position !== axes.indexOf(axis));
+  const [height, width] = shape;
+  const [low, high] = contrast;
+  const scan = encodeURIComponent(defaults.scan);
+  const graph = document.getElementById("slice-view");
+  const [xRange, yRange] = currentView(view, width, height);
+  const maxSize = imageSize(graph, width, height, xRange, yRange);
+  const layer = (source, name, opacity) => ({
+    source: source, name: name, xref: "x", yref: "y", x: 0, y: 0, sizex: width, sizey: height,
+    sizing: "stretch", layer: name === "slice" ? "below" : "above", opacity: opacity,
+  });
+  const sliceUrl = (size) => `/slices/${scan}/${axis}/${index}.jpeg?low=${low}&high=${high}&max_size=${size}`;
+  // Overlays follow the slice on screen, which may still be an earlier one (see sliceSource).
+  const [source, drawn] = sliceSource(sliceUrl(maxSize), sliceUrl(Math.max(256, Math.ceil(maxSize / 4))), index, view);
+  const images = [layer(source, "slice", 1)];
+  if (result && result.scan === defaults.scan && axis === "z") {
+    const hidden = result.classes.filter((label) => !(resultClasses || []).includes(label));
+    if (hidden.length < result.classes.length) {
+      const job = encodeURIComponent(result.job_id);
+      images.push(layer(`/results/${scan}/${job}/${drawn}.png?status=${result.status}${hiddenQuery(hidden)}`, "result", resultOpacity));
+    }
+  }
+  if (maskPath && axis === "z" && annotations) {
+    const ids = Object.keys(annotations.classes).map(Number).sort((a, b) => a - b);
+    const hidden = ids.flatMap((id, position) => (visibleClasses || []).includes(id) ? [] : [position]);
+    if (hidden.length < ids.length) {
+      const maskId = maskPath.split("/")[2];
+      images.push(layer(`/masks/${scan}/${maskId}/${drawn}.png${hiddenQuery(hidden).replace("&", "?")}`, "labels", labelOpacity));
+    }
+  }
+  const classInfo = annotations && annotations.classes[String(activeClass)];
+  const colour = tool === "eraser" ? "#ffffff" : (classInfo ? classInfo.color : "#ffffff");
+  const pixelsPerVoxel = graph ? graph.clientWidth / Math.max(width, 1) : 1;
+  const dragmode = { brush: "drawopenpath", eraser: "drawopenpath", polygon: "drawclosedpath", rectangle: "drawrect" }[tool] || "pan";
+  const figure = {
+    data: [{ x: [0, width], y: [0, height], mode: "markers", marker: { opacity: 0 }, hoverinfo: "none" }],
+    layout: {
+      images: images,
+      xaxis: { range: xRange, visible: false, constrain: "domain" },
+      yaxis: { range: yRange, visible: false, scaleanchor: "x" },
+      margin: { l: 0, r: 0, t: 0, b: 0 }, plot_bgcolor: "#111", paper_bgcolor: "#111",
+      dragmode: dragmode, uirevision: view, shapes: [],
+      newshape: {
+        line: { color: colour, width: Math.max(1, (tool === "brush" || tool === "eraser") ? brushSize * pixelsPerVoxel : 1) },
+        fillcolor: tool === "polygon" || tool === "rectangle" ? colour : "rgba(0,0,0,0)", opacity: 0.6,
+      },
+    },
+  };
+  const last = defaults.shape[axes.indexOf(axis)] - 1;
+  return {
+    figure: figure, view: view, index: index, last: last, label: `${axis} = ${index} / ${last}`,
+    sources: images.map((image) => image.source),
+    frame: JSON.stringify({ ...figure, layout: { ...figure.layout, images: images.map(({ source, ...rest }) => rest) } }),
+  };
+}
+
+// A step through the slices (slider, keys, a slice that finished loading) is drawn here, at
+// once: Dash dispatches about 20 store actions over every component of the page for each
+// change of a prop, 12-17 ms of script per step that left scrubbing short of 20 slices a
+// second. Dash learns the slice (the `slice-index` store) once the user rests on it, or
+// before anything else the user does; a step the figure cannot take in place (shapes being
+// drawn, a resized view) goes through Dash at once.
+const SLICE_SYNC_MILLISECONDS = 250;
+const sliceSync = { pending: null, timer: null };
+
+function showSlice(index) {
+  if (!viewerState.inputs) {
+    return;
+  }
+  const inputs = [...viewerState.inputs];
+  inputs[2] = Math.min(viewerState.last, Math.max(0, index));
+  const drawing = sliceDrawing(inputs);
+  viewerState.inputs = inputs;
+  showOnSlider(drawing);
+  clearTimeout(sliceSync.timer);
+  sliceSync.pending = { view: drawing.view, index: drawing.index };
+  if (drawnInPlace(drawing)) {
+    showLabel(drawing.label);
+    sliceSync.timer = setTimeout(tellDash, SLICE_SYNC_MILLISECONDS);
+  } else {
+    tellDash();
+  }
+}
+
+function drawnInPlace(drawing) {
+  return drawing.frame === viewerState.frame && swapImageSources(drawing.sources);
+}
+
+function tellDash() {
+  clearTimeout(sliceSync.timer);
+  const pending = sliceSync.pending;
+  sliceSync.pending = null;
+  if (pending) {
+    globalThis.dash_clientside.set_props("slice-index", { data: pending.index });
+  }
+}
+
+// The slice to draw: the one Dash sends, unless the user has since stepped on in the same view.
+function currentIndex(view, index) {
+  const context = globalThis.dash_clientside.callback_context;
+  const fromDash = context && context.triggered.some((trigger) => trigger.prop_id === "slice-index.data");
+  if (sliceSync.pending && sliceSync.pending.view === view && !fromDash) {
+    return sliceSync.pending.index;
+  }
+  clearTimeout(sliceSync.timer);
+  sliceSync.pending = null;
+  return index;
+}
+
+function showOnSlider(drawing) {
+  viewerState.index = drawing.index;
+  viewerState.last = drawing.last;
+  const slider = sliceSlider();
+  if (slider) {
+    slider.max = String(drawing.last);
+    slider.value = String(drawing.index);
+  }
+}
+
+// Written into the text React rendered, so that React's next render of the label finds its own node.
+function showLabel(label) {
+  const text = document.getElementById("slice-label");
+  if (text && text.firstChild && text.firstChild.nodeType === Node.TEXT_NODE) {
+    text.firstChild.nodeValue = label;
+  }
+}
+
+// The slice slider is a plain range input owned by this script (Dash's own slider reports
+// every step through the store), made inside its empty container on first use.
+function sliceSlider() {
+  const container = document.getElementById("slice-slider");
+  if (!container) {
+    return null;
+  }
+  let slider = container.querySelector("input[type=range]");
+  if (!slider) {
+    slider = document.createElement("input");
+    Object.assign(slider, { type: "range", min: "0", max: "0", step: "1", value: "0" });
+    slider.setAttribute("aria-label", "Slice");
+    container.appendChild(slider);
+  }
+  return slider;
+}
+
+document.addEventListener("input", function (event) {
+  if (event.target.closest && event.target.closest("#slice-slider")) {
+    showSlice(Number(event.target.value));
+  }
+});
+
+// Whatever else the user does may run a callback that reads the slice: Dash learns it first.
+document.addEventListener("pointerdown", function (event) {
+  if (!(event.target.closest && event.target.closest("#slice-slider"))) {
+    tellDash();
+  }
+}, true);
 
 // A Plotly shape (in data coordinates, which are slice pixels) as a stroke of dash_app.annotations.
 function strokeFromShape(shape, tool, classId, width) {
@@ -163,7 +279,7 @@ function hiddenQuery(hidden) {
 // While a slider is dragged, every change would replace the image URL and Chromium would
 // drop the load under way, painting nothing until the drag stops. So the figure keeps the
 // URL it is loading until that image has loaded; then, if the user has moved on, the
-// figure is redrawn (the `slice-loaded` store) with the newest slice wanted. While the
+// figure is redrawn with the newest slice wanted. While the
 // user moves faster than slices load, they are loaded at a quarter of the resolution (a
 // sixteenth of the bytes to read and send); the slice the user stops on is then loaded
 // in full. A new scan or axis is shown at once; a load that never finishes is given up.
@@ -198,8 +314,8 @@ function sliceImageDone(event) {
   sliceLoads.shown = sliceLoads.loading;
   sliceLoads.loading = null;
   sliceLoads.behind = sliceLoads.wanted.index !== sliceLoads.shown.index;
-  if (sliceLoads.wanted.source !== sliceLoads.shown.source) {
-    globalThis.dash_clientside.set_props("slice-loaded", { data: sliceLoads.wanted.source });
+  if (sliceLoads.wanted.source !== sliceLoads.shown.source && viewerState.inputs) {
+    showSlice(viewerState.inputs[2]);
   }
 }
 document.addEventListener("load", sliceImageDone, true);
@@ -239,18 +355,18 @@ function typingIn(element) {
   return element.tagName === "TEXTAREA" || (element.tagName === "INPUT" && !choices.includes(element.type));
 }
 
-// Arrow keys step one slice, PageUp/PageDown ten, unless the user is typing in a field.
+// Arrow keys step one slice, PageUp/PageDown ten, unless the user is typing in a field; any
+// other key may run a callback that reads the slice, so Dash learns it first.
 document.addEventListener("keydown", function (event) {
   const steps = { ArrowRight: 1, ArrowUp: 1, ArrowLeft: -1, ArrowDown: -1, PageUp: 10, PageDown: -10 };
-  if (!(event.key in steps) || typingIn(event.target)) {
+  if (!(event.key in steps)) {
+    tellDash();
     return;
   }
-  if (viewerState.index === null || !window.dash_clientside.set_props) {
+  if (typingIn(event.target) || viewerState.index === null) {
     return;
   }
-  const next = Math.min(viewerState.last, Math.max(0, viewerState.index + steps[event.key]));
-  viewerState.index = next;  // a key held down steps on before the figure is redrawn
-  window.dash_clientside.set_props("slice-index", { value: next });
+  showSlice(viewerState.index + steps[event.key]);
   event.preventDefault();
 });
 

@@ -242,9 +242,9 @@ def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClien
         return (info["label"], info["color"]) if info else ("", "")
 
     @app.callback(
-        Output("slice-index", "value", allow_duplicate=True),
+        Output("slice-index", "data", allow_duplicate=True),
         Input("previous-annotated", "n_clicks"), Input("next-annotated", "n_clicks"),
-        State("annotations", "data"), State("slice-index", "value"),
+        State("annotations", "data"), State("slice-index", "data"),
         prevent_initial_call=True,
     )
     def jump(previous, following, current, z):

@@ -1,8 +1,9 @@
 """The slice viewer: slider and keys through the volume, axis choice, window/level, histogram.
 
 The figure is built in the browser (a clientside callback in assets/viewer.js) around an
-image URL served by `dash_app.routes`, so moving the slider costs one image request and
-no server callback.
+image URL served by `dash_app.routes`. Moving through slices costs one image request and
+no callback: viewer.js swaps the image itself, and tells Dash the slice once the user
+rests on it.
 """
 
 from __future__ import annotations
@@ -29,16 +30,13 @@ def layout() -> html.Div:
                 className="controls",
                 children=[
                     dcc.RadioItems(id="axis", options=[{"label": axis, "value": axis} for axis in AXES], value="z", inline=True),
-                    html.Div(
-                        className="slider",
-                        children=[dcc.Slider(id="slice-index", min=0, max=0, step=1, value=0, marks=None, tooltip={"placement": "bottom", "always_visible": True}, updatemode="drag")],
-                    ),
+                    html.Div(id="slice-slider", className="slider"),  # a range input made by viewer.js
                     html.Span(id="slice-label", className="slice-label"),
                 ],
             ),
             html.P(id="viewer-message", className="errors"),
+            dcc.Store(id="slice-index"),  # the slice, once the user rests on it (see showSlice in viewer.js)
             dcc.Store(id="viewport"),
-            dcc.Store(id="slice-loaded"),
             html.Div(
                 className="contrast",
                 children=[
@@ -94,27 +92,19 @@ def register_callbacks(app: Dash, library: ScanLibrary) -> None:
         span = defaults["maximum"] - defaults["minimum"] or 1.0
         return defaults["minimum"], defaults["maximum"], [defaults["low"], defaults["high"]], span / 1000, histogram_figure(defaults)
 
-    @app.callback(
-        Output("slice-index", "max"), Output("slice-index", "value"),
-        Input("display-defaults", "data"), Input("axis", "value"),
-        State("slice-index", "value"),
-    )
-    def reset_slider(defaults: dict | None, axis: str, current: int | None):
-        if defaults is None:
-            return 0, 0
-        extent = defaults["shape"][AXES.index(axis)]
-        return extent - 1, extent // 2
+    @app.callback(Output("slice-index", "data"), Input("display-defaults", "data"), Input("axis", "value"))
+    def middle_slice(defaults: dict | None, axis: str) -> int:
+        return 0 if defaults is None else defaults["shape"][AXES.index(axis)] // 2
 
     app.clientside_callback(
         ClientsideFunction(namespace="mlexTomo", function_name="sliceFigure"),
         Output("slice-view", "figure"), Output("slice-label", "children"),
-        Input("display-defaults", "data"), Input("axis", "value"), Input("slice-index", "value"), Input("window", "value"),
+        Input("display-defaults", "data"), Input("axis", "value"), Input("slice-index", "data"), Input("window", "value"),
         Input("tool", "value"), Input("brush-size", "value"), Input("active-class", "value"),
         Input("annotations", "data"), Input("mask-path", "data"),
         Input("label-opacity", "value"), Input("visible-classes", "value"),
         Input("shown-result", "data"), Input("result-opacity", "value"), Input("result-classes", "value"),
         Input("viewport", "data"),  # a zoom or pan: redraw at the resolution the view now needs
-        Input("slice-loaded", "data"),  # a slice image arrived: show it (see sliceSource in viewer.js)
     )
 
     app.clientside_callback(
@@ -122,7 +112,7 @@ def register_callbacks(app: Dash, library: ScanLibrary) -> None:
         Output("pending-strokes", "data"),
         Input("slice-view", "relayoutData"),
         State("pending-strokes", "data"), State("strokes-applied", "data"), State("tool", "value"),
-        State("active-class", "value"), State("brush-size", "value"), State("slice-index", "value"),
+        State("active-class", "value"), State("brush-size", "value"), State("slice-index", "data"),
         State("axis", "value"), State("display-defaults", "data"),
         prevent_initial_call=True,
     )

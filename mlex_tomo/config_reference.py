@@ -35,6 +35,14 @@ wrong value is reported with its key. Secrets (marked below) are never written b
 is not set, `mlex-tomo up` generates one into `<data_dir>/secrets/tiled_api_key`, and
 every mlex-tomo command on the same data directory picks it up.
 
+A relative path, from any source (the default `data_dir: data` included), is taken from
+the directory the command is started in and made absolute as the settings are loaded;
+`~` is expanded, symlinks are kept. In a YAML file too it is relative to that directory,
+not to the file's folder, so it means the same whichever source gives it: write absolute
+paths in a file used from several places. Services, flow runs and jobs are handed only
+absolute paths (a flow run works in a temporary folder of Prefect's), and
+`generate-config` writes them absolute.
+
 A service with an external address set (`tiled.url`, `prefect.api_url`, `broker.url`)
 is not started by `mlex-tomo up`; the stack uses the existing one.
 """

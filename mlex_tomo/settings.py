@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal, Mapping
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
 from tiled_config import CONFIG_PATH as TILED_CONFIG_PATH
@@ -26,12 +26,25 @@ CONFIG_FILE_VARIABLE = "MLEX_TOMO_CONFIG"
 Port = Annotated[int, Field(ge=1, le=65535)]
 
 
+def _absolute(path: Path) -> Path:
+    """Anchor a relative path to the directory the command was started in, once.
+
+    Children and flow runs work in other directories (Prefect runs each flow in a
+    temporary folder), so a path left relative would name a different place in each.
+    Symlinks are kept: resolving a virtual environment's `python` would leave the venv.
+    """
+    return path.expanduser().absolute()
+
+
+AbsolutePath = Annotated[Path, AfterValidator(_absolute)]
+
+
 class SettingsError(ValueError):
     """Settings that cannot be loaded; the message names the offending key."""
 
 
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
 def _read_secret(value: SecretStr | None, file: Path | None, field: str) -> SecretStr | None:
@@ -39,7 +52,7 @@ def _read_secret(value: SecretStr | None, file: Path | None, field: str) -> Secr
     if value is not None or file is None:
         return value
     try:
-        return SecretStr(file.expanduser().read_text().strip())
+        return SecretStr(file.read_text().strip())
     except OSError as error:
         raise ValueError(f"{field}_file: cannot read {file}: {error.strerror}") from None
 
@@ -53,12 +66,12 @@ class TiledSettings(Section):
         default=None, description="An existing Tiled server; when set, `up` starts none."
     )
     api_key: SecretStr | None = Field(default=None, description="Key that allows writes.")
-    api_key_file: Path | None = Field(default=None, description="File holding the API key.")
+    api_key_file: AbsolutePath | None = Field(default=None, description="File holding the API key.")
     catalog_uri: str | None = Field(
         default=None,
         description="SQL catalog; default: SQLite under data_dir. Use postgresql://... to scale out.",
     )
-    config_path: Path = Field(
+    config_path: AbsolutePath = Field(
         default=TILED_CONFIG_PATH, description="Tiled server config file (default: the shipped one)."
     )
 
@@ -125,8 +138,8 @@ class BrokerSettings(Section):
     openwire_port: Port = Field(default=61616, description="OpenWire port (JMS clients).")
     user: str | None = Field(default=None, description="Broker login, if the broker needs one.")
     password: SecretStr | None = Field(default=None, description="Broker passcode.")
-    password_file: Path | None = Field(default=None, description="File holding the broker passcode.")
-    activemq_home: Path = Field(
+    password_file: AbsolutePath | None = Field(default=None, description="File holding the broker passcode.")
+    activemq_home: AbsolutePath = Field(
         default=Path("/usr/share/activemq"), description="ActiveMQ Classic install (Debian's package)."
     )
     java: str = Field(default="java", description="Java executable that runs the embedded broker.")
@@ -177,7 +190,7 @@ class IngesterSettings(Section):
         description="STOMP client id; with a topic, names the durable subscription that keeps "
         "messages published while the ingester is down. One per ingester.",
     )
-    data_roots: list[Path] = Field(
+    data_roots: list[AbsolutePath] = Field(
         default_factory=list,
         description="Only files under these folders are ingested; default: data_dir/tiled_storage/recons. "
         "Tiled's readable_storage must cover them.",
@@ -209,7 +222,7 @@ class UISettings(Section):
     port: Port = Field(default=8075, description="Port of the web app.")
     username: str | None = Field(default=None, description="Basic-auth user; login is off unless set with a password.")
     password: SecretStr | None = Field(default=None, description="Basic-auth password.")
-    password_file: Path | None = Field(default=None, description="File holding the basic-auth password.")
+    password_file: AbsolutePath | None = Field(default=None, description="File holding the basic-auth password.")
     image_cache_mib: int = Field(
         default=64, ge=0, le=65536,
         description="Memory for slices read from Tiled, at the resolution shown (a 1024² uint16 slice: 2 MiB). "
@@ -241,7 +254,7 @@ class JobSettings(Section):
     launcher: Literal["process", "podman", "docker"] = Field(
         default="process", description="Default launcher; a run may name another."
     )
-    python: Path | None = Field(
+    python: AbsolutePath | None = Field(
         default=None,
         description="Python of the environment the process launcher runs jobs in; default: the worker's own.",
     )
@@ -250,7 +263,7 @@ class JobSettings(Section):
         pattern=r"^[A-Za-z0-9][A-Za-z0-9._/:@-]*$",
         description="Image the podman and docker launchers run (built from segmentation/Containerfile).",
     )
-    container_rootfs: Path | None = Field(
+    container_rootfs: AbsolutePath | None = Field(
         default=None,
         description="podman only: run jobs in an overlay of this root file system (`--rootfs PATH:O`) "
         "instead of the image, with `python` as the job's interpreter; for hosts that cannot pull images.",
@@ -266,10 +279,10 @@ class JobSettings(Section):
     )
     cpus: float | None = Field(default=None, gt=0, description="Default CPU limit of a job container.")
     memory_gib: float | None = Field(default=None, gt=0, description="Default memory limit of a job container.")
-    models_dir: Path | None = Field(
+    models_dir: AbsolutePath | None = Field(
         default=None, description="Where trained models are kept; default: data_dir/models. Share it between GPU nodes."
     )
-    work_dir: Path | None = Field(
+    work_dir: AbsolutePath | None = Field(
         default=None, description="Parameters files of the jobs; default: data_dir/jobs."
     )
     stop_grace_seconds: float = Field(
@@ -284,7 +297,7 @@ class StackSettings(BaseSettings):
         env_prefix=ENV_PREFIX, env_nested_delimiter=ENV_NESTED_DELIMITER, extra="forbid"
     )
 
-    data_dir: Path = Field(
+    data_dir: AbsolutePath = Field(
         default=Path("data"),
         description="Catalogs, broker store, logs, secrets and tiled_storage/ live here.",
     )
@@ -316,7 +329,7 @@ class StackSettings(BaseSettings):
 
     @property
     def data_path(self) -> Path:
-        return self.data_dir.expanduser().resolve()
+        return self.data_dir.resolve()
 
     @property
     def logs_path(self) -> Path:
@@ -333,7 +346,7 @@ class StackSettings(BaseSettings):
     @property
     def ingest_roots(self) -> list[Path]:
         roots = self.ingester.data_roots or [self.recons_path]
-        return [root.expanduser().resolve() for root in roots]
+        return [root.resolve() for root in roots]
 
     @property
     def run_path(self) -> Path:
@@ -350,15 +363,15 @@ class StackSettings(BaseSettings):
 
     @property
     def models_path(self) -> Path:
-        return (self.jobs.models_dir or self.data_path / "models").expanduser().resolve()
+        return (self.jobs.models_dir or self.data_path / "models").resolve()
 
     @property
     def jobs_path(self) -> Path:
-        return (self.jobs.work_dir or self.data_path / "jobs").expanduser().resolve()
+        return (self.jobs.work_dir or self.data_path / "jobs").resolve()
 
 
 def load_settings(
-    config_file: Path | None = None,
+    config_file: AbsolutePath | None = None,
     overrides: Mapping[str, Any] | None = None,
     environ: Mapping[str, str] | None = None,
 ) -> StackSettings:

@@ -1,9 +1,11 @@
-"""Settings: precedence of sources, generate-config round trip, clear errors, secrets."""
+"""Settings: precedence of sources, generate-config round trip, clear errors, secrets, paths."""
 
+import json
 from pathlib import Path
 
 import pytest
 import yaml
+from pydantic import BaseModel
 
 from mlex_tomo.cli import main
 from mlex_tomo.config_reference import render
@@ -12,6 +14,7 @@ from mlex_tomo.settings import (
     StackSettings,
     load_settings,
     parse_dotted_overrides,
+    settings_as_yaml,
 )
 
 
@@ -179,3 +182,94 @@ def test_configuration_reference_is_current():
     """docs/configuration.md is generated; regenerate it when settings change."""
     committed = (Path(__file__).parents[1] / "docs" / "configuration.md").read_text()
     assert committed == render(), "run: python -m mlex_tomo.config_reference > docs/configuration.md"
+
+
+def path_settings() -> list[str]:
+    """Dotted names of every setting that holds a path, read from the model so new ones are covered."""
+    names = []
+    for name, field in StackSettings.model_fields.items():
+        section = field.annotation
+        if isinstance(section, type) and issubclass(section, BaseModel):
+            names += [f"{name}.{key}" for key, inner in section.model_fields.items() if "Path" in str(inner.annotation)]
+        elif "Path" in str(field.annotation):
+            names.append(name)
+    return names
+
+
+def dotted_value(values: dict, name: str):
+    for part in name.split("."):
+        values = values[part]
+    return values
+
+
+@pytest.fixture
+def start_dir(tmp_path, monkeypatch) -> Path:
+    """Where the user started the command; tests move elsewhere afterwards, as Prefect's flow runs do."""
+    start = tmp_path / "start"
+    start.mkdir()
+    monkeypatch.chdir(start)
+    return Path.cwd()
+
+
+@pytest.fixture
+def elsewhere(tmp_path) -> Path:
+    (tmp_path / "elsewhere").mkdir()
+    return tmp_path / "elsewhere"
+
+
+def every_path_relative(start: Path) -> StackSettings:
+    """Settings with each path setting given relative to `start`, the current directory."""
+    arguments = ["--ui.username", "scientist"]
+    for name in path_settings():
+        relative = f"relative/{name}"
+        if name.endswith("_file"):
+            (start / relative).parent.mkdir(parents=True, exist_ok=True)
+            (start / relative).write_text("secret")
+        arguments += [f"--{name}", json.dumps([relative]) if name == "ingester.data_roots" else relative]
+    return load_settings(overrides=parse_dotted_overrides(arguments), environ={})
+
+
+def test_relative_paths_are_anchored_where_the_command_started(start_dir, elsewhere, monkeypatch):
+    settings = load_settings(environ={})  # data_dir: data, as `make run` leaves it
+    monkeypatch.chdir(elsewhere)
+    assert settings.data_dir == start_dir / "data"
+    assert settings.data_path == start_dir / "data"
+    assert settings.models_path == start_dir / "data" / "models"
+    assert settings.jobs_path == start_dir / "data" / "jobs"
+    assert settings.ingest_roots == [start_dir / "data" / "tiled_storage" / "recons"]
+
+
+def test_every_path_setting_is_written_absolute(start_dir):
+    names = path_settings()
+    assert {"data_dir", "jobs.models_dir", "jobs.python", "ingester.data_roots", "tiled.api_key_file"} <= set(names)
+
+    written = yaml.safe_load(settings_as_yaml(every_path_relative(start_dir)))
+
+    for name in names:
+        value = dotted_value(written, name)
+        for path in value if isinstance(value, list) else [value]:
+            assert Path(path) == start_dir / "relative" / name, name
+
+
+def test_paths_survive_a_round_trip_through_the_config_file(start_dir, elsewhere, monkeypatch):
+    settings = every_path_relative(start_dir)
+    config = write_yaml(start_dir / "settings.yaml", yaml.safe_load(settings_as_yaml(settings)))
+    monkeypatch.chdir(elsewhere)
+
+    reloaded = load_settings(config, environ={})
+
+    assert reloaded == settings
+    assert reloaded.models_path == start_dir / "relative" / "jobs.models_dir"
+
+
+def test_a_relative_path_in_a_config_file_is_relative_to_the_current_directory(start_dir, elsewhere):
+    config = write_yaml(elsewhere / "settings.yaml", {"data_dir": "scans"})
+    assert load_settings(config, environ={}).data_dir == start_dir / "scans"
+
+
+def test_a_virtual_environments_python_keeps_its_symlink(start_dir):
+    """Resolving venv/bin/python would run the base interpreter, outside the venv."""
+    (start_dir / "venv" / "bin").mkdir(parents=True)
+    (start_dir / "venv" / "bin" / "python").symlink_to("/usr/bin/python3")
+    settings = load_settings(overrides={"jobs": {"python": "venv/bin/python"}}, environ={})
+    assert settings.jobs.python == start_dir / "venv" / "bin" / "python"

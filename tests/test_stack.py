@@ -3,21 +3,24 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import os
 import socket
 import threading
 import uuid
+from pathlib import Path
 
 import numpy as np
 import psutil
 import pytest
 import stomp
+import yaml
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from tiled.client import from_uri
 
-from mlex_tomo.settings import load_settings
-from mlex_tomo.stack.services import embedded_services
+from mlex_tomo.settings import CONFIG_FILE_VARIABLE, load_settings
+from mlex_tomo.stack.services import child_settings_path, embedded_services
 from mlex_tomo.stack.supervisor import Stack
 from tests.services import RunningStack
 
@@ -167,6 +170,20 @@ def test_services_with_an_external_address_are_not_started(tmp_path):
     assert settings.broker.stomp_address == ("broker.facility", 61613)
     assert settings.tiled.base_url == "http://tiled.facility:8000"
 
+
+def test_children_are_handed_absolute_paths_when_data_dir_is_relative(tmp_path, monkeypatch):
+    """Flow runs work in Prefect's temporary folders: a relative data_dir would put models there."""
+    monkeypatch.chdir(tmp_path)
+    start = Path.cwd()
+    settings = load_settings(overrides={"data_dir": "data", "broker": {"url": "stomp://127.0.0.1:1"}}, environ={})
+    stack = Stack(settings, io.StringIO())
+    _, clients = stack._prepare()
+    monkeypatch.chdir("/")
+
+    written = yaml.safe_load(child_settings_path(stack.settings).read_text())
+    assert written["data_dir"] == str(start / "data")
+    worker = next(service for service in clients if service.name == "worker")
+    assert worker.env[CONFIG_FILE_VARIABLE] == str(start / "data" / "run" / "settings.yaml")
 
 
 def test_a_vanished_terminal_does_not_interrupt_the_shutdown(tmp_path):

@@ -1,11 +1,12 @@
 """Annotations in Tiled: `/masks/<scan>/<mask_id>/mask`, as the contract describes.
 
-The mask node's metadata carries the strokes too, so the newest mask of a scan is also
-where the app finds the annotation to keep editing after a reload or a restart.
+The mask node's metadata carries the strokes too, and the scan's container records
+which mask is current: that is the annotation the app keeps editing after a reload.
 """
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
 from typing import Any
 
 import numpy as np
@@ -16,23 +17,57 @@ from mlex_tomo.tiled_http import NodeNotFound, TiledHttpClient
 from mlex_tomo.tiled_layout import MASK_KEY, MASKS, write_mask
 
 
+CURRENT = "current_annotation"  # metadata key of /masks/<scan>: what the user last saw saved
+
+
 def save_annotations(tiled: TiledHttpClient, annotations: Annotations, data_uri: str, created_by: str) -> str | None:
-    """Store the mask (once per content) and return its node path, or None when nothing is painted."""
+    """Store the mask (once per content), record it as the scan's current one, and return its node path.
+
+    Masks are stored once per content, so undoing to an earlier state reuses an older
+    node: which one is current is therefore recorded on the scan's container, not read
+    from creation times. An annotation with nothing painted has no mask (None); it is
+    recorded too, classes included, so a reload shows it empty.
+    """
     mask_idx, labels, classes = to_mask(annotations)
-    if not mask_idx:
-        return None
-    return write_mask(
-        tiled, annotations.scan, mask_idx, labels, classes, data_uri, created_by,
-        mask_id=annotations.mask_id(), extra_metadata={"annotations": annotations.model_dump(mode="json")},
-    )
+    path = None
+    if mask_idx:
+        path = write_mask(
+            tiled, annotations.scan, mask_idx, labels, classes, data_uri, created_by,
+            mask_id=annotations.mask_id(), extra_metadata={"annotations": annotations.model_dump(mode="json")},
+        )
+    elif not tiled.exists(f"{MASKS}/{annotations.scan}"):
+        tiled.create_container(MASKS, annotations.scan, {})
+    current = {
+        "mask_id": path.split("/")[2] if path else None,
+        "saved_at": datetime.now(timezone.utc).isoformat(),
+        "saved_by": created_by,
+        "annotations": None if path else annotations.model_dump(mode="json"),
+    }
+    tiled.set_metadata(f"{MASKS}/{annotations.scan}", CURRENT, current)
+    return path
 
 
-def latest_annotations(tiled: TiledHttpClient, scan: str) -> tuple[str, Annotations] | None:
-    """(node path, annotations) of the scan's most recently saved mask."""
+def latest_annotations(tiled: TiledHttpClient, scan: str) -> tuple[str | None, Annotations] | None:
+    """(mask node path or None when nothing is painted, annotations) as the scan's annotation was last saved."""
     try:
-        masks = tiled.children(f"{MASKS}/{scan}")
+        container = tiled.node(f"{MASKS}/{scan}")
     except NodeNotFound:
         return None
+    current = container.metadata.get(CURRENT)
+    if current is not None:
+        if current["mask_id"] is None:
+            return None, Annotations.model_validate(current["annotations"])
+        path = f"{MASKS}/{scan}/{current['mask_id']}/{MASK_KEY}"
+        try:
+            return path, Annotations.model_validate(tiled.node(path).metadata["annotations"])
+        except NodeNotFound:
+            pass  # removed by an operator: fall back to the newest mask left
+    return _newest_mask(tiled, scan)
+
+
+def _newest_mask(tiled: TiledHttpClient, scan: str) -> tuple[str, Annotations] | None:
+    """The most recently created mask: for scans painted before the current one was recorded."""
+    masks = tiled.children(f"{MASKS}/{scan}")
     for mask_id in sorted(masks, key=lambda mask_id: masks[mask_id].metadata.get("created_at", ""), reverse=True):
         path = f"{MASKS}/{scan}/{mask_id}/{MASK_KEY}"
         try:

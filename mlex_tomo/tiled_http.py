@@ -28,6 +28,8 @@ RETRIES = 3  # Tiled 0.2.18 may answer 500 for a node registered milliseconds ag
 RETRY_PAUSE_SECONDS = 0.2
 RETRIED_STATUSES = (500, 502, 503, 504)
 
+JSON_PATCH = "application/json-patch+json"
+
 
 class TiledError(RuntimeError):
     """Tiled refused a request; the message carries Tiled's own explanation."""
@@ -124,6 +126,11 @@ class TiledHttpClient:
 
     def create_container(self, parent: str, key: str, metadata: dict[str, Any]) -> Node:
         return self._create(parent, key, "container", metadata, [], {})
+
+    def set_metadata(self, path: str, key: str, value: Any) -> None:
+        """Set one top-level metadata key of a node, as given (a JSON Patch `add`: None stays null)."""
+        operation = {"op": "add", "path": "/" + key.replace("~", "~0").replace("/", "~1"), "value": value}
+        self._send("PATCH", f"/metadata/{_quoted(path)}", json={"content-type": JSON_PATCH, "metadata": [operation], "specs": None})
 
     def write_array(self, parent: str, key: str, array: NDArray[Any], metadata: dict[str, Any]) -> Node:
         """A new array node holding `array`, stored by Tiled one first-axis slice per chunk."""

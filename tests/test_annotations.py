@@ -113,3 +113,26 @@ def test_saved_annotations_come_back_and_the_job_reads_the_mask(tmp_path):
         assert save_annotations(client, annotations(), "uri", "user") is None
     finally:
         services.stop_all()
+
+
+@pytest.mark.stack
+def test_a_reload_shows_the_state_last_saved_after_undo_even_when_empty(tmp_path):
+    """Undoing returns to an earlier mask node (stored once per content): the newest node is not the current one."""
+    services = Services(tmp_path)
+    try:
+        services.start("tiled")
+        client = connect_http(services.settings, writable=True)
+        stroke_a = Stroke(tool="brush", class_id=3, points=[(2, 2), (10, 2)], width=3)
+        stroke_b = Stroke(tool="brush", class_id=7, points=[(2, 9), (10, 9)], width=3)
+        one, two = annotations(**{"5": [stroke_a]}), annotations(**{"5": [stroke_a, stroke_b]})
+        for state in (one, two, one):  # paint A, paint B, undo
+            save_annotations(client, state, "uri", "user")
+        path, found = latest_annotations(client, "scan")
+        assert found == one and path == f"masks/scan/{one.mask_id()}/mask"
+
+        renamed = annotations()
+        renamed.classes[3] = renamed.classes[3].model_copy(update={"label": "void"})
+        assert save_annotations(client, renamed, "uri", "user") is None  # undone to nothing, a class renamed
+        assert latest_annotations(client, "scan") == (None, renamed)
+    finally:
+        services.stop_all()

@@ -80,6 +80,23 @@ def colour_labels(labels: NDArray[np.integer], colours: dict[int, tuple[int, int
     return overlay
 
 
+def outline_labels(labels: NDArray[np.integer], overlay: NDArray[np.uint8], colour: tuple[int, int, int] = (255, 255, 255)) -> NDArray[np.uint8]:
+    """The overlay with the rim of every shown labelled region drawn opaque in `colour`.
+
+    Scribbles drawn over a prediction in the same class colour would vanish into it; a
+    rim keeps them visible over any layer, as ilastik's outlined labels are.
+    """
+    shown = overlay[..., 3] > 0
+    padded = np.pad(labels, 1, mode="edge")
+    height, width = labels.shape
+    rim = np.zeros_like(shown)
+    for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
+        rim |= padded[dy:dy + height, dx:dx + width] != labels
+    outlined = overlay.copy()
+    outlined[shown & rim] = (*colour, 255)
+    return outlined
+
+
 def rgb(colour: str) -> tuple[int, int, int]:
     """`#rrggbb` as integers."""
     return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from dash_app.annotations import UNLABELLED, Annotations, to_mask
-from dash_app.imaging import colour_labels, rgb
+from dash_app.imaging import colour_labels, outline_labels, rgb
 from mlex_tomo.tiled_http import NodeNotFound, TiledHttpClient
 from mlex_tomo.tiled_layout import MASK_KEY, MASKS, write_mask
 
@@ -89,7 +89,7 @@ class MaskOverlays:
         row_of, labels, colours = self._mask(scan, mask_id)
         if z not in row_of:
             return colour_labels(np.full(shape, UNLABELLED, np.int8), {})
-        return colour_labels(labels[row_of[z]], colours, hidden)
+        return outline_labels(labels[row_of[z]], colour_labels(labels[row_of[z]], colours, hidden))
 
     def _mask(self, scan: str, mask_id: str):
         key = (scan, mask_id)

@@ -19,7 +19,8 @@ from mlex_tomo.tiled_http import Node, NodeNotFound, TiledHttpClient
 from mlex_tomo.tiled_layout import RESULTS
 
 RESULT_KEY = "seg_result"
-FINISHED = ("complete", "failed", "cancelled")
+COMPLETE = "complete"
+FINISHED = (COMPLETE, "failed", "cancelled")
 
 
 class ResultNotFound(LookupError):
@@ -67,13 +68,17 @@ class ResultOverlays:
         return description
 
     def overlay(self, job_id: str, z: int, shape: tuple[int, int], hidden: set[int]) -> tuple[NDArray[np.uint8], bool]:
-        """(RGBA overlay of slice z, whether it is final); transparent where the job did not segment."""
+        """(RGBA overlay of slice z, whether it is final); transparent where the job did not segment.
+
+        Only a complete job's labels are shown: a running, failed or cancelled job's array
+        holds zeros where nothing was written yet, which would read as a whole slice of class 0.
+        """
         description = self.describe(job_id)
         colours = {
             int(index): rgb(info.get("color") or PALETTE[int(index) % len(PALETTE)])
             for index, info in description.classes.items()
         }
-        if z not in description.slices:
+        if description.status != COMPLETE or z not in description.slices:
             return colour_labels(np.full(shape, UNLABELLED, np.int8), {}), description.finished
         if job_id not in self.labels:
             self.labels[job_id] = self.tiled.node(f"{RESULTS}/{job_id}/{RESULT_KEY}")  # its shape and dtype never change

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from dash_app.app import create_app
-from dash_app.imaging import colour_labels, display_range, downsample, to_display
+from dash_app.imaging import colour_labels, display_range, downsample, outline_labels, to_display
 from dash_app.volumes import FIRST_SLAB, PREFETCH_SLAB, READ_AHEAD, Rendering, ScanLibrary
 from mlex_tomo.settings import load_settings
 from mlex_tomo.tiled_layout import connect_http
@@ -139,21 +139,33 @@ def test_login_guards_every_route_but_the_health_check(services, tmp_path):
 
 @pytest.mark.stack
 def test_a_results_labels_are_overlaid_in_their_colours_less_the_hidden_classes(client, result):
+    running = client.get("/results/scan/labels-job/4.png")
+    assert running.status_code == 200 and running.mimetype == "image/png"
+    assert decoded(running)[..., 3].max() == 0  # unwritten slices hold zeros: nothing is shown until the job completes
+    assert running.headers["Cache-Control"] == "no-store"  # the job may still write this slice
+
+    result.annotate(status="complete")
     response = client.get("/results/scan/labels-job/4.png?hidden=2")
-    assert response.status_code == 200 and response.mimetype == "image/png"
     overlay = decoded(response)
     assert overlay.shape == (40, 50, 4)
     assert overlay[0, 0].tolist() == [0, 0, 0, 0]  # pore, hidden
     assert decoded(client.get("/results/scan/labels-job/4.png"))[0, 0].tolist() == [0, 0, 255, 255]
     assert overlay[25, 0].tolist() == [0, 0, 0, 255]  # void, shown in its colour
-    assert response.headers["Cache-Control"] == "no-store"  # the job may still write this slice
     unsegmented = decoded(client.get("/results/scan/labels-job/2.png"))
     assert unsegmented[..., 3].max() == 0
-
-    result.annotate(status="complete")
     finished = client.get("/results/scan/labels-job/1.png")
     assert decoded(finished)[0, 25].tolist() == [255, 0, 0, 255]
     assert "max-age" in finished.headers["Cache-Control"]
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("status", ["failed", "cancelled"])
+def test_a_failed_or_cancelled_jobs_labels_are_never_overlaid(client, services, status):
+    """Their array holds zeros where nothing was written: shown, it painted the whole slice in class 0."""
+    metadata = {"job_id": f"{status}-job", "status": "running", "slices": [0, 1], "classes": RESULT_CLASSES}
+    writer = ResultWriter(services.tiled(writable=True)["results"], f"{status}-job", (2, 40, 50), metadata)
+    writer.annotate(status=status)
+    assert decoded(client.get(f"/results/scan/{status}-job/0.png"))[..., 3].max() == 0
 
 
 @pytest.mark.stack
@@ -225,6 +237,15 @@ def test_downsampling_keeps_the_longer_side_within_bounds():
     image = np.zeros((2048, 1000))
     assert downsample(image, 1024).shape == (1024, 500)
     assert downsample(image, 4096) is image
+
+
+def test_painted_labels_get_an_opaque_rim_so_they_show_over_a_prediction_of_their_colour():
+    labels = np.full((7, 7), -1)
+    labels[1:6, 1:6] = 0
+    outlined = outline_labels(labels, colour_labels(labels, {0: (255, 0, 0)}))
+    assert outlined[1, 3].tolist() == [255, 255, 255, 255] and outlined[3, 5].tolist() == [255, 255, 255, 255]
+    assert outlined[3, 3].tolist() == [255, 0, 0, 255]  # the inside keeps its class colour
+    assert outlined[0, 0, 3] == 0  # unlabelled stays transparent
 
 
 def test_label_overlay_colours_shown_classes_only():

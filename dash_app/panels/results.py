@@ -6,7 +6,7 @@ from typing import Any
 
 from dash import Dash, Input, Output, State, dcc, html, no_update, set_props
 
-from dash_app.results import ResultDescription, ResultNotFound, ResultOverlays
+from dash_app.results import COMPLETE, ResultDescription, ResultNotFound, ResultOverlays
 from dash_app.runs import selected_run
 
 
@@ -45,6 +45,9 @@ def register_callbacks(app: Dash, results: ResultOverlays) -> None:
             description = results.describe(job_id)
         except ResultNotFound:
             return nothing_shown(shown, f"{job_id}: no labels in Tiled yet.")
+        if description.status != COMPLETE:
+            why = "its labels show when it completes" if not description.finished else "it left no labels to overlay"
+            return nothing_shown(shown, f"{run.name} is {description.status}: {why}.")
         state = {"scan": scan, "job_id": job_id, "status": description.status, "classes": sorted(int(index) for index in description.classes)}
         if state == shown:
             return no_update, no_update

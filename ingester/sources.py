@@ -75,7 +75,7 @@ def describe(path: Path, roots: list[Path], hdf5_dataset: str | None = None) -> 
     """Describe the scan at `path` (already checked to exist and to lie in `roots`)."""
     try:
         if path.is_dir():
-            if path.suffix == ".zarr" or (path / ".zarray").exists() or (path / "zarr.json").exists():
+            if is_zarr_store(path):
                 return _describe_zarr(path)
             return _describe_tiff_stack(path)
         suffix = path.suffix.lower()
@@ -91,6 +91,10 @@ def describe(path: Path, roots: list[Path], hdf5_dataset: str | None = None) -> 
         f"unsupported format {path.suffix or '(no suffix)'} for {path}; "
         "expected NeXus/HDF5, Zarr, a TIFF stack folder or a multi-page TIFF"
     )
+
+
+def is_zarr_store(path: Path) -> bool:
+    return path.is_dir() and (path.suffix == ".zarr" or (path / ".zarray").exists() or (path / "zarr.json").exists())
 
 
 def scan_id_for(path: Path) -> str:

@@ -213,6 +213,11 @@ class IngesterSettings(Section):
     reconnect_max_seconds: float = Field(
         default=30.0, gt=0, description="Longest wait between reconnection attempts (backoff cap)."
     )
+    register_existing: bool = Field(
+        default=True,
+        description="`up` registers the scans already in the data roots (the shipped samples, scans written "
+        "while the stack was down): files in each root and in the folders directly below it.",
+    )
 
 
 class UISettings(Section):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import socket
 import threading
 import uuid
@@ -19,6 +20,7 @@ from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from tiled.client import from_uri
 
+from ingester.existing import register_existing
 from mlex_tomo.settings import CONFIG_FILE_VARIABLE, load_settings
 from mlex_tomo.stack.services import child_settings_path, embedded_services
 from mlex_tomo.stack.supervisor import Stack
@@ -27,12 +29,24 @@ from tests.services import RunningStack
 pytestmark = pytest.mark.stack
 
 SERVICES = ("broker", "tiled", "prefect", "worker", "ingester", "ui")
+SAMPLES = Path(__file__).parents[1] / "data" / "tiled_storage" / "recons"
+SAMPLE_SCANS = {"phantom_nxtomo_64", "phantom_tiff_64"}
 
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory) -> RunningStack:
-    """A stack of this module's own, because the last test here shuts it down."""
-    with RunningStack(tmp_path_factory.mktemp("up")) as running:
+    """A stack of this module's own, because the last test here shuts it down.
+
+    Its data directory starts as a checkout's does: the sample scans, never announced,
+    and beside them a file no reader can open.
+    """
+    data_dir = tmp_path_factory.mktemp("up")
+    recons = data_dir / "tiled_storage" / "recons"
+    for name in SAMPLE_SCANS:
+        shutil.copytree(SAMPLES / name, recons / name)
+    (recons / "broken").mkdir()
+    (recons / "broken" / "broken.h5").write_bytes(b"not HDF5")
+    with RunningStack(data_dir) as running:
         yield running
 
 
@@ -41,6 +55,26 @@ def test_status_reports_every_service_healthy(own_stack):
     assert result.returncode == 0, result.stdout + result.stderr
     lines = result.stdout.splitlines()
     assert [line.split()[:2] for line in lines] == [[name, "up"] for name in SERVICES]
+
+
+def test_scans_already_on_disk_are_registered_at_start_and_a_bad_file_is_skipped(own_stack):
+    output = "".join(own_stack.output)
+    assert "2 registered, 0 already registered, 1 skipped (reasons above)" in output
+    assert "not registering " + str(own_stack.settings.recons_path / "broken" / "broken.h5") in output
+    recons = from_uri(own_stack.settings.tiled.base_url)["recons"]
+    assert SAMPLE_SCANS <= set(recons)
+    assert recons["phantom_tiff_64"]["data"].shape == recons["phantom_nxtomo_64"]["data"].shape == (64, 64, 64)
+
+
+def test_registering_the_scans_on_disk_again_adds_nothing(own_stack):
+    """What the next `up` on this data directory does."""
+    recons = from_uri(own_stack.settings.tiled.base_url)["recons"]
+    before = set(recons)
+
+    again = register_existing(own_stack.settings, report=lambda line: None)
+
+    assert again.registered == [] and again.unchanged >= len(SAMPLE_SCANS) and again.skipped == 1
+    assert set(recons) == before
 
 
 def test_each_service_writes_its_log(own_stack):

@@ -44,6 +44,8 @@ class Stack:
         self.settings = settings
         self.out = out
         self.running: list[tuple[Service, ManagedProcess]] = []
+        self.existing_scans: str | None = None
+        """What registering the scans already on disk did, for the summary; None when not tried."""
 
     def start(self) -> None:
         """Start the servers, prepare Tiled and Prefect, then start their clients."""
@@ -58,6 +60,8 @@ class Stack:
         except Exception as error:  # Tiled's and Prefect's clients raise many types
             raise StartupError(f"could not prepare Tiled and Prefect: {error}") from error
         self._start_wave(clients)
+        if settings.ingester.register_existing:
+            self._register_existing_scans()
 
     def _start_wave(self, wave: list[Service]) -> None:
         for service in wave:
@@ -124,6 +128,16 @@ class Stack:
         deployments = register_deployments(self.settings)
         self._say(f"deployed to work pool {self.settings.prefect.work_pool!r}: {', '.join(deployments)}")
 
+    def _register_existing_scans(self) -> None:
+        """Samples and scans written while the stack was down were never announced; a failure here only loses them."""
+        from ingester.existing import register_existing
+
+        try:
+            self.existing_scans = register_existing(self.settings, self._say).summary()
+        except Exception as error:  # Tiled down, no API key, an unreadable root: the stack works without them
+            self.existing_scans = f"not registered: {error}"
+            self._say(f"could not register the scans already in the data roots: {error}")
+
     def monitor(self) -> None:
         """Block until a child dies (StartupError) or the user stops the stack."""
         while True:
@@ -153,6 +167,7 @@ class Stack:
             ("ActiveMQ STOMP", "stomp://{}:{}".format(*settings.broker.stomp_address)),
             ("Work pool", settings.prefect.work_pool),
             ("Ingesting from", settings.ingester.destination),
+            *([("Scans on disk", self.existing_scans)] if self.existing_scans is not None else []),
             ("Logs", str(settings.logs_path)),
         ]
         width = max(len(label) for label, _ in rows)

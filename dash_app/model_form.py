@@ -19,7 +19,7 @@ from segmentation.models import ModelParameters, NetworkParameters
 MODELS: dict[str, type[BaseModel]] = {
     model.model_fields["name"].default: model for model in get_args(get_args(ModelParameters)[0])
 }
-DEFAULT_MODEL = "TUNet"
+DEFAULT_MODEL = "RandomForest"  # the user guide's first recommendation: seconds on a CPU, robust on scribbles
 FIELD_ID = "model-field"
 
 ControlKind = Literal["choice", "flag", "number", "numbers", "choices"]
@@ -70,14 +70,17 @@ def _form_field(name: str, annotation: Any, default: Any, description: str | Non
 
 
 def render(model_name: str) -> list[Any]:
-    """The model's own fields, then the training settings it shares with the other networks."""
+    """The model's own fields, then the training settings it shares with the other networks, folded away.
+
+    The defaults are the measured ones, so most users never open the form.
+    """
     fields = form_fields(model_name)
     own = [_row(field) for field in fields if not field.training]
     training = [_row(field) for field in fields if field.training]
     children: list[Any] = [html.Div(className="form-grid", children=own)]
     if training:
         children.append(html.Details([html.Summary("Training"), html.Div(className="form-grid", children=training)]))
-    return children
+    return [html.Details(className="model-parameters", children=[html.Summary("Parameters"), *children])]
 
 
 def _row(field: FormField) -> html.Div:

@@ -146,7 +146,7 @@ class ScanLibrary:
                 ScanSummary(
                     key=key,
                     shape=tuple(int(extent) for extent in shape),
-                    dtype=str(metadata.get("dtype", "")),
+                    dtype=dtype_name(str(metadata.get("dtype", ""))),
                     ingested_at=metadata.get("ingested_at"),
                     format=metadata.get("format"),
                 )
@@ -237,14 +237,24 @@ class ScanLibrary:
         scan, axis, index, step = key
         every = slice(None, None, step)
         selection = {"z": (index, every, every), "y": (every, index, every), "x": (every, every, index)}[axis]
-        image = self.tiled.read(self.volume(scan), selection)
+        image = self._read_volume(scan, selection)
         self.cache.put(key, image)
         return image
+
+    def _read_volume(self, scan: str, selection: tuple) -> NDArray[Any]:
+        """A read of the scan's array; a scan removed from Tiled since it was opened is forgotten and not found."""
+        try:
+            return self.tiled.read(self.volume(scan), selection)
+        except NodeNotFound:
+            with self.lock:
+                self.volumes.pop(scan, None)
+                self.defaults.pop(scan, None)
+            raise ScanNotFound(f"no scan {scan!r} under /{RECONS}: it was removed from Tiled") from None
 
     def _fetch_slab(self, scan: str, first: int, stop: int, step: int) -> NDArray[Any]:
         """z slices first..stop-1 in one request (Tiled's cost is per request), each cached."""
         every = slice(None, None, step)
-        slab = self.tiled.read(self.volume(scan), (slice(first, stop), every, every))
+        slab = self._read_volume(scan, (slice(first, stop), every, every))
         for offset, pixels in enumerate(slab):
             self.cache.put((scan, "z", first + offset, step), pixels.copy())
         return slab
@@ -328,6 +338,14 @@ def _arrives(read: _SlabRead) -> bool:
     except Exception:  # noqa: BLE001 - a failed or dropped read is read again by the caller
         return False
     return True
+
+
+def dtype_name(text: str) -> str:
+    """`float32`, not NumPy's `<f4`: what a scientist reads."""
+    try:
+        return np.dtype(text).name
+    except TypeError:
+        return text
 
 
 def slice_shape(shape: tuple[int, ...], axis: Axis) -> tuple[int, ...]:

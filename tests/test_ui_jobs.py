@@ -67,9 +67,9 @@ def choose_model(page: Page, name: str) -> None:
 
 
 def set_field(page: Page, label: str, value: str) -> None:
-    """Type into a field of the model form, opening its "Training" section if it is there."""
+    """Type into a field of the model form, opening the folded sections ("Parameters", "Training") it is in."""
     field = page.locator("#model-form").get_by_label(label).first
-    field.evaluate("element => { const section = element.closest('details'); if (section) { section.open = true; } }")
+    field.evaluate("element => { for (let section = element.closest('details'); section; section = section.parentElement.closest('details')) { section.open = true; } }")
     field.fill(value)
     field.press("Enter")
 
@@ -92,7 +92,8 @@ def paint_two_slices_in_two_classes(page: Page) -> None:
 
 def test_paint_train_follow_the_job_and_overlay_its_labels(page, stack):
     paint_two_slices_in_two_classes(page)
-    choose_model(page, "RandomForest")
+    expect(page.locator("#model-name")).to_contain_text("RandomForest")  # the default model
+    expect(page.locator("#model-form details.model-parameters")).not_to_have_attribute("open", "")  # folded away
     set_field(page, "n estimators", "0")
     expect(page.locator("#model-errors")).to_contain_text("n_estimators: Input should be greater than or equal to 1")
     expect(page.locator("#train")).to_be_disabled()
@@ -140,7 +141,7 @@ def test_a_failing_job_says_what_went_wrong(page):
     pick_scan(page, SCAN)
     expect(page.locator("#annotation-status")).to_have_text("Loaded 4 strokes on 2 slices.")  # Train needs them
     expect(page.locator("#job-list")).to_contain_text("Completed")
-    expect(page.locator("#model-name")).to_contain_text("TUNet")  # the default model
+    choose_model(page, "TUNet")
     set_field(page, "num epochs", "1")
     set_field(page, "weights", "1, 2, 3")  # the mask has two classes
     expect(page.locator("#model-errors")).to_be_empty()
@@ -159,7 +160,7 @@ def test_a_running_job_is_cancelled_from_its_card(page):
     pick_scan(page, SCAN)
     expect(page.locator("#annotation-status")).to_have_text("Loaded 4 strokes on 2 slices.")
     expect(page.locator("#job-list")).to_contain_text("Completed")
-    expect(page.locator("#model-name")).to_contain_text("TUNet")  # the default model
+    choose_model(page, "TUNet")
     set_field(page, "depth", "2")
     set_field(page, "base channels", "4")
     set_field(page, "num epochs", "10000")

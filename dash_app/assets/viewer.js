@@ -8,7 +8,7 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       const [defaults, axis, index] = inputs;
       if (!defaults) {
         viewerState.inputs = null;
-        return [{ data: [], layout: { xaxis: { visible: false }, yaxis: { visible: false } } }, ""];
+        return [emptyFigure("Pick a scan in the Scans list to start."), ""];
       }
       inputs[2] = currentIndex(`${defaults.scan}/${axis}`, index);
       const drawing = sliceDrawing(inputs);
@@ -23,6 +23,15 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       }
       viewerState.frame = drawing.frame;
       return [drawing.figure, drawing.label];
+    },
+
+    // The histogram's markers follow the window's handles as they move.
+    windowMarkers: function (contrast, figure) {
+      if (!figure || !contrast || !figure.layout || !(figure.layout.shapes || []).length) {
+        return window.dash_clientside.no_update;
+      }
+      const shapes = figure.layout.shapes.map((shape, position) => ({ ...shape, x0: contrast[position], x1: contrast[position] }));
+      return { ...figure, layout: { ...figure.layout, shapes: shapes } };
     },
 
     // Zooming and panning report the visible part of the slice, which sets the image resolution.
@@ -48,8 +57,15 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       if (!shapes || !shapes.length || !defaults) {
         return window.dash_clientside.no_update;
       }
+      const say = (text) => window.dash_clientside.set_props("annotation-status", { children: text });
       if (axis !== "z") {
-        window.dash_clientside.set_props("annotation-status", { children: "Labels are painted on z slices." });
+        say("Labels are painted on z slices.");
+        return window.dash_clientside.no_update;
+      }
+      // The stroke belongs to the slice the user sees, which may not yet be the one asked for.
+      const onScreen = sliceOnScreen(`${defaults.scan}/${axis}`);
+      if (onScreen === null) {
+        say("The slice is still loading: paint again once it shows.");
         return window.dash_clientside.no_update;
       }
       const stroke = strokeFromShape(shapes[shapes.length - 1], tool, activeClass, brushSize);
@@ -58,7 +74,8 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       }
       const waiting = (pending || []).filter((entry) => entry.seq > (applied || 0));
       const seq = Math.max(applied || 0, ...waiting.map((entry) => entry.seq)) + 1;
-      return [...waiting, { seq: seq, scan: defaults.scan, z: index, stroke: stroke }];
+      say("Saving…");
+      return [...waiting, { seq: seq, scan: defaults.scan, z: onScreen, stroke: stroke }];
     },
   },
 });
@@ -67,7 +84,8 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
 // it in place: its images' URLs, the figure without them, the label under the slider.
 function sliceDrawing(inputs) {
   const [defaults, axis, index, contrast, tool, brushSize, activeClass, annotations, maskPath,
-         labelOpacity, visibleClasses, result, resultOpacity, resultClasses] = inputs;
+         labelOpacity, visibleClasses, result, resultOpacity, resultClasses, , shownLayers] = inputs;
+  const layerShown = (name) => (shownLayers || []).includes(name);
   const axes = ["z", "y", "x"];
   const view = `${defaults.scan}/${axis}`;
   const shape = defaults.shape.filter((_, position) => position !== axes.indexOf(axis));
@@ -85,14 +103,15 @@ function sliceDrawing(inputs) {
   // Overlays follow the slice on screen, which may still be an earlier one (see sliceSource).
   const [source, drawn] = sliceSource(sliceUrl(maxSize), sliceUrl(Math.max(256, Math.ceil(maxSize / 4))), index, view);
   const images = [layer(source, "slice", 1)];
-  if (result && result.scan === defaults.scan && axis === "z") {
+  // Painted labels go above the result, so they stay visible over a prediction.
+  if (result && result.scan === defaults.scan && axis === "z" && layerShown("result")) {
     const hidden = result.classes.filter((label) => !(resultClasses || []).includes(label));
     if (hidden.length < result.classes.length) {
       const job = encodeURIComponent(result.job_id);
       images.push(layer(`/results/${scan}/${job}/${drawn}.png?status=${result.status}${hiddenQuery(hidden)}`, "result", resultOpacity));
     }
   }
-  if (maskPath && axis === "z" && annotations) {
+  if (maskPath && axis === "z" && annotations && layerShown("labels")) {
     const ids = Object.keys(annotations.classes).map(Number).sort((a, b) => a - b);
     const hidden = ids.flatMap((id, position) => (visibleClasses || []).includes(id) ? [] : [position]);
     if (hidden.length < ids.length) {
@@ -102,7 +121,8 @@ function sliceDrawing(inputs) {
   }
   const classInfo = annotations && annotations.classes[String(activeClass)];
   const colour = tool === "eraser" ? "#ffffff" : (classInfo ? classInfo.color : "#ffffff");
-  const pixelsPerVoxel = graph ? graph.clientWidth / Math.max(width, 1) : 1;
+  const pixelsPerVoxel = screenPixelsPerVoxel(graph, xRange, yRange);
+  showBrushCursor(tool, brushSize * pixelsPerVoxel, colour);
   const dragmode = { brush: "drawopenpath", eraser: "drawopenpath", polygon: "drawclosedpath", rectangle: "drawrect" }[tool] || "pan";
   const figure = {
     data: [{ x: [0, width], y: [0, height], mode: "markers", marker: { opacity: 0 }, hoverinfo: "none" }],
@@ -110,7 +130,7 @@ function sliceDrawing(inputs) {
       images: images,
       xaxis: { range: xRange, visible: false, constrain: "domain" },
       yaxis: { range: yRange, visible: false, scaleanchor: "x" },
-      margin: { l: 0, r: 0, t: 0, b: 0 }, plot_bgcolor: "#111", paper_bgcolor: "#111",
+      margin: { l: 0, r: 0, t: 0, b: 0 }, plot_bgcolor: VIEWER_BACKGROUND, paper_bgcolor: VIEWER_BACKGROUND,
       dragmode: dragmode, uirevision: view, shapes: [],
       newshape: {
         line: { color: colour, width: Math.max(1, (tool === "brush" || tool === "eraser") ? brushSize * pixelsPerVoxel : 1) },
@@ -299,6 +319,7 @@ function sliceSource(wanted, coarse, index, view) {
   const source = sliceLoads.behind && coarse !== wanted ? coarse : wanted;
   sliceLoads.loading = sliceLoads.shown && source === sliceLoads.shown.source ? null : { source: source, index: index };
   sliceLoads.since = performance.now();
+  markLoading();
   if (sliceLoads.loading) {
     sliceLoads.preload = new Image();  // the request leaves now, not after Plotly's redraw
     sliceLoads.preload.src = source;
@@ -313,6 +334,7 @@ function sliceImageDone(event) {
   }
   sliceLoads.shown = sliceLoads.loading;
   sliceLoads.loading = null;
+  markLoading();
   sliceLoads.behind = sliceLoads.wanted.index !== sliceLoads.shown.index;
   if (sliceLoads.wanted.source !== sliceLoads.shown.source && viewerState.inputs) {
     showSlice(viewerState.inputs[2]);
@@ -349,44 +371,69 @@ function imageSize(graph, width, height, xRange, yRange) {
   return Math.max(16, Math.ceil(longest / stride));
 }
 
-// Keys belong to a text field being typed in; a radio button or checkbox leaves them to the viewer.
-function typingIn(element) {
-  const choices = ["radio", "checkbox", "button", "range"];
-  return element.tagName === "TEXTAREA" || (element.tagName === "INPUT" && !choices.includes(element.type));
+
+// The slice index whose image is on screen in this view, or null while it is still loading.
+function sliceOnScreen(view) {
+  if (sliceLoads.view !== view || sliceLoads.loading !== null || !sliceLoads.shown) {
+    return null;
+  }
+  return sliceLoads.shown.index;
 }
 
-// Arrow keys step one slice, PageUp/PageDown ten, unless the user is typing in a field; any
-// other key may run a callback that reads the slice, so Dash learns it first.
-document.addEventListener("keydown", function (event) {
-  const steps = { ArrowRight: 1, ArrowUp: 1, ArrowLeft: -1, ArrowDown: -1, PageUp: 10, PageDown: -10 };
-  if (!(event.key in steps)) {
-    tellDash();
+// A slice that takes more than a moment to load is marked as loading (a badge on the view).
+const LOADING_MARK_MILLISECONDS = 150;
+const loadingMark = { timer: null };
+function markLoading() {
+  const graph = document.getElementById("slice-view");
+  clearTimeout(loadingMark.timer);
+  if (!graph) {
     return;
   }
-  if (typingIn(event.target) || viewerState.index === null) {
-    return;
+  if (sliceLoads.loading === null) {
+    graph.classList.remove("loading");
+  } else {
+    loadingMark.timer = setTimeout(() => graph.classList.toggle("loading", sliceLoads.loading !== null), LOADING_MARK_MILLISECONDS);
   }
-  showSlice(viewerState.index + steps[event.key]);
-  event.preventDefault();
-});
+}
 
-// [ and ] change the brush size; 1-9 choose a class (the n-th in the list).
-document.addEventListener("keydown", function (event) {
-  if (typingIn(event.target) || !window.dash_clientside.set_props) {
+const VIEWER_BACKGROUND = "#111";
+function emptyFigure(message) {
+  return {
+    data: [],
+    layout: {
+      xaxis: { visible: false }, yaxis: { visible: false }, plot_bgcolor: VIEWER_BACKGROUND, paper_bgcolor: VIEWER_BACKGROUND,
+      margin: { l: 0, r: 0, t: 0, b: 0 },
+      annotations: [{ text: message, showarrow: false, xref: "paper", yref: "paper", x: 0.5, y: 0.5, font: { color: "#bbb", size: 16 } }],
+    },
+  };
+}
+
+// Screen pixels per slice pixel in the visible part of the slice (the image keeps its aspect).
+function screenPixelsPerVoxel(graph, xRange, yRange) {
+  if (!graph || !graph.clientWidth) {
+    return 1;
+  }
+  return Math.min(graph.clientWidth / Math.abs(xRange[1] - xRange[0]), graph.clientHeight / Math.abs(yRange[1] - yRange[0]));
+}
+
+// The brush and eraser show their footprint as the pointer: a circle of the brush's size on screen.
+const LARGEST_CURSOR = 128;  // Chromium ignores larger cursor images
+function showBrushCursor(tool, diameter, colour) {
+  let style = document.getElementById("brush-cursor");
+  if (!style) {
+    style = document.createElement("style");
+    style.id = "brush-cursor";
+    document.head.appendChild(style);
+  }
+  if (tool !== "brush" && tool !== "eraser") {
+    style.textContent = "";
     return;
   }
-  if (event.key === "[" || event.key === "]") {
-    const handle = document.querySelector("#brush-size [role=slider]");
-    const current = Number(handle ? handle.getAttribute("aria-valuenow") : 5);
-    const next = Math.min(60, Math.max(1, current + (event.key === "]" ? 1 : -1)));
-    window.dash_clientside.set_props("brush-size", { value: next });
-    event.preventDefault();
-  } else if (/^[1-9]$/.test(event.key)) {
-    const choices = document.querySelectorAll("#active-class input[type=radio]");
-    const choice = choices[Number(event.key) - 1];
-    if (choice) {
-      window.dash_clientside.set_props("active-class", { value: Number(choice.value) });
-      event.preventDefault();
-    }
-  }
-});
+  const size = Math.max(4, Math.min(LARGEST_CURSOR, Math.round(diameter) + 2));
+  const centre = size / 2;
+  const svg = `<svg xmlns='http://www.w3.org/2000/svg' width='${size}' height='${size}'>`
+    + `<circle cx='${centre}' cy='${centre}' r='${centre - 1}' fill='none' stroke='black' stroke-width='2'/>`
+    + `<circle cx='${centre}' cy='${centre}' r='${centre - 1}' fill='none' stroke='${colour}' stroke-width='1'/></svg>`;
+  const url = `data:image/svg+xml;utf8,${encodeURIComponent(svg)}`;
+  style.textContent = `#slice-view .nsewdrag { cursor: url("${url}") ${Math.round(centre)} ${Math.round(centre)}, crosshair !important; }`;
+}

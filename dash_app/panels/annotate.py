@@ -24,7 +24,7 @@ from mlex_tomo.tiled_http import TiledHttpClient
 from mlex_tomo.tiled_layout import RECONS, check_writable, node_uri
 
 HISTORY_LIMIT = 100
-TOOLS = [("Pan", "pan"), ("Brush", "brush"), ("Eraser", "eraser"), ("Polygon", "polygon"), ("Rectangle", "rectangle")]
+TOOLS = [("Brush (B)", "brush"), ("Eraser (E)", "eraser"), ("Polygon (P)", "polygon"), ("Rectangle (R)", "rectangle"), ("Pan (H, or hold Space)", "pan")]
 DEFAULT_CLASSES = {0: ClassInfo(label="class 1", color="#e6194b"), 1: ClassInfo(label="class 2", color="#3cb4e6")}
 
 
@@ -33,7 +33,7 @@ def layout() -> html.Div:
         className="panel annotate",
         children=[
             html.H2("Paint"),
-            dcc.RadioItems(id="tool", options=[{"label": label, "value": value} for label, value in TOOLS], value="brush", inline=True),
+            dcc.RadioItems(id="tool", className="tools", options=[{"label": label, "value": value} for label, value in TOOLS], value="brush", inline=True),
             html.Label("Brush size ([ and ])", htmlFor="brush-size"),
             dcc.Slider(id="brush-size", min=1, max=60, step=1, value=5, marks=None, tooltip={"placement": "bottom"}),
             html.H3("Classes (keys 1-9)"),
@@ -45,10 +45,15 @@ def layout() -> html.Div:
                 ],
             ),
             html.Div(
-                className="row",
+                className="class-editor",
                 children=[
                     dcc.Input(id="class-name", placeholder="class name", maxLength=64),
-                    dcc.Input(id="class-colour", placeholder="#rrggbb", maxLength=7, className="colour"),
+                    dcc.Input(id="class-colour", placeholder="#rrggbb", maxLength=7, pattern="#[0-9a-fA-F]{6}", className="colour"),
+                ],
+            ),
+            html.Div(
+                className="row",
+                children=[
                     html.Button("Add", id="add-class", title="Add a class with this name and colour"),
                     html.Button("Update", id="update-class", title="Rename and recolour the chosen class"),
                     html.Button("Delete", id="delete-class", title="Delete the chosen class and its strokes"),
@@ -60,7 +65,7 @@ def layout() -> html.Div:
                 className="row",
                 children=[
                     html.Button("Undo", id="undo", title="Ctrl+Z"),
-                    html.Button("Redo", id="redo", title="Ctrl+Y"),
+                    html.Button("Redo", id="redo", title="Ctrl+Shift+Z or Ctrl+Y"),
                     html.Button("◀ annotated", id="previous-annotated"),
                     html.Button("annotated ▶", id="next-annotated"),
                 ],

@@ -117,9 +117,11 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
         prevent_initial_call=True,
     )
     def segment_volume(_, scan, shown_runs, selected):
+        if scan is None:
+            return "Pick a scan first.", no_update
         trained = [run for run in summaries_from_store(shown_runs) if run.completed and "train" in run.job_ids]
         chosen = next((run for run in trained if run.id == selected), trained[0] if trained else None)
-        if scan is None or chosen is None:
+        if chosen is None:
             return "Train a model first (or select a finished training job).", no_update
         request = SegmentationRequest(
             steps="infer", job_name=job_name_for(scan), data_uri=node_uri(settings, f"{RECONS}/{scan}"),

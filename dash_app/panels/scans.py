@@ -20,24 +20,35 @@ def layout(settings: StackSettings) -> html.Div:
     )
 
 
+NO_SCANS_YET = (
+    "No scans in Tiled yet. A reconstruction announced on the broker appears here by itself; "
+    "`mlex-tomo ingest PATH` registers a file by hand, and `mlex-tomo simulate-scan --name demo` makes a test scan."
+)
+
+
 def option(scan: ScanSummary) -> dict:
     shape = " x ".join(str(extent) for extent in scan.shape)
     return {"label": f"{scan.key} ({shape}, {scan.dtype})", "value": scan.key, "search": scan.key}
 
 
 def register_callbacks(app: Dash, library: ScanLibrary) -> None:
-    @app.callback(Output("scan", "options"), Input("scan-refresh", "n_intervals"), State("scan", "options"))
-    def list_scans(_: int | None, shown: list[dict] | None) -> list[dict]:
+    @app.callback(
+        Output("scan", "options"), Input("scan-refresh", "n_intervals"), State("scan", "options"), State("scan", "value"),
+    )
+    def list_scans(_: int | None, shown: list[dict] | None, chosen: str | None) -> list[dict]:
         options = [option(scan) for scan in library.scans()]
+        if chosen is not None and all(entry["value"] != chosen for entry in options):
+            # Kept, so the selection (and what is painted on it) does not silently disappear.
+            options.append({"label": f"{chosen} (removed from Tiled)", "value": chosen, "search": chosen, "disabled": True})
         return no_update if options == shown else options  # an open list must not be redrawn under the pointer
 
     @app.callback(Output("scan-details", "children"), Input("scan", "value"), Input("scan", "options"))
     def describe(scan: str | None, options: list[dict] | None) -> list:
         if scan is None:
-            return [html.P("No scan chosen.")]
+            return [html.P("Pick a scan above." if options else NO_SCANS_YET)]
         summary = next((found for found in library.scans() if found.key == scan), None)
         if summary is None:
-            return [html.P(f"{scan} is no longer in Tiled.")]
+            return [html.P(f"{scan} was removed from Tiled. Its painted labels stay saved under /masks; pick another scan.", className="warning")]
         return [
             html.Dl(
                 children=[

@@ -16,6 +16,13 @@ from dash import ClientsideFunction, Dash, Input, Output, State, dcc, html, no_u
 from dash_app.volumes import AXES, ScanLibrary, ScanNotFound, UnreadableScan
 
 
+# Nothing here is published: Plotly's modebar offers no upload ("share") and no Chart Studio link.
+SLICE_VIEW_CONFIG = {
+    "scrollZoom": True, "displaylogo": False, "showSendToCloud": False, "showEditInChartStudio": False,
+    "modeBarButtonsToRemove": ["select2d", "lasso2d", "sendDataToCloud", "editInChartStudio"],
+}
+
+
 def layout() -> html.Div:
     return html.Div(
         className="panel viewer",
@@ -23,7 +30,7 @@ def layout() -> html.Div:
             dcc.Graph(
                 id="slice-view",
                 className="slice-view",
-                config={"scrollZoom": True, "displaylogo": False, "modeBarButtonsToRemove": ["select2d", "lasso2d"]},
+                config=SLICE_VIEW_CONFIG,
                 figure=empty_figure(),
             ),
             html.Div(
@@ -32,6 +39,10 @@ def layout() -> html.Div:
                     dcc.RadioItems(id="axis", options=[{"label": axis, "value": axis} for axis in AXES], value="z", inline=True),
                     html.Div(id="slice-slider", className="slider"),  # a range input made by viewer.js
                     html.Span(id="slice-label", className="slice-label"),
+                    dcc.Checklist(
+                        id="shown-layers", className="layers", inline=True, value=["labels", "result"],
+                        options=[{"label": "labels (L)", "value": "labels"}, {"label": "result (O)", "value": "result"}],
+                    ),
                 ],
             ),
             html.P(id="viewer-message", className="errors"),
@@ -51,7 +62,9 @@ def layout() -> html.Div:
 
 def empty_figure() -> go.Figure:
     figure = go.Figure()
-    figure.update_layout(margin=dict(l=0, r=0, t=0, b=0), xaxis_visible=False, yaxis_visible=False, plot_bgcolor="#111")
+    figure.update_layout(
+        margin=dict(l=0, r=0, t=0, b=0), xaxis_visible=False, yaxis_visible=False, plot_bgcolor="#111", paper_bgcolor="#111",
+    )
     return figure
 
 
@@ -59,6 +72,7 @@ def histogram_figure(defaults: dict[str, Any]) -> go.Figure:
     figure = go.Figure(go.Bar(x=defaults["bin_centres"], y=defaults["counts"], marker_color="#8c8c8c"))
     figure.update_layout(
         margin=dict(l=0, r=0, t=0, b=0), height=80, bargap=0, yaxis_visible=False, xaxis_showgrid=False,
+        paper_bgcolor="#1b1b1b", plot_bgcolor="#1b1b1b", font_color="#cccccc",
         shapes=[
             dict(type="line", x0=value, x1=value, y0=0, y1=1, yref="paper", line=dict(color="#ffb000"))
             for value in (defaults["low"], defaults["high"])
@@ -105,6 +119,14 @@ def register_callbacks(app: Dash, library: ScanLibrary) -> None:
         Input("label-opacity", "value"), Input("visible-classes", "value"),
         Input("shown-result", "data"), Input("result-opacity", "value"), Input("result-classes", "value"),
         Input("viewport", "data"),  # a zoom or pan: redraw at the resolution the view now needs
+        Input("shown-layers", "value"),
+    )
+
+    app.clientside_callback(
+        ClientsideFunction(namespace="mlexTomo", function_name="windowMarkers"),
+        Output("histogram", "figure", allow_duplicate=True),
+        Input("window", "value"), State("histogram", "figure"),
+        prevent_initial_call=True,
     )
 
     app.clientside_callback(

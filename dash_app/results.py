@@ -15,6 +15,7 @@ from pydantic import BaseModel
 
 from dash_app.annotations import PALETTE, UNLABELLED
 from dash_app.imaging import colour_labels, rgb
+from dash_app.volumes import AXES
 from mlex_tomo.tiled_http import Node, NodeNotFound, TiledHttpClient
 from mlex_tomo.tiled_layout import RESULTS
 
@@ -67,20 +68,31 @@ class ResultOverlays:
             self.finished[job_id] = description
         return description
 
-    def overlay(self, job_id: str, z: int, shape: tuple[int, int], hidden: set[int]) -> tuple[NDArray[np.uint8], bool]:
-        """(RGBA overlay of slice z, whether it is final); transparent where the job did not segment.
+    def overlay(
+        self, job_id: str, axis: str, index: int, volume_shape: tuple[int, int, int], hidden: set[int]
+    ) -> tuple[NDArray[np.uint8], bool]:
+        """(RGBA overlay of one slice of the volume along `axis`, whether it is final).
 
-        Only a complete job's labels are shown: a running, failed or cancelled job's array
-        holds zeros where nothing was written yet, which would read as a whole slice of class 0.
+        Transparent where the job did not segment: the result holds only the z slices it
+        lists, so a y or x plane shows those rows. Only a complete job's labels are shown:
+        a running, failed or cancelled job's array holds zeros where nothing was written
+        yet, which would read as a whole slice of class 0.
         """
         description = self.describe(job_id)
+        plane_shape = tuple(extent for position, extent in enumerate(volume_shape) if position != AXES.index(axis))
+        nothing = colour_labels(np.full(plane_shape, UNLABELLED, np.int8), {})
+        if description.status != COMPLETE or (axis == "z" and index not in description.slices):
+            return nothing, description.finished
         colours = {
             int(index): rgb(info.get("color") or PALETTE[int(index) % len(PALETTE)])
             for index, info in description.classes.items()
         }
-        if description.status != COMPLETE or z not in description.slices:
-            return colour_labels(np.full(shape, UNLABELLED, np.int8), {}), description.finished
         if job_id not in self.labels:
             self.labels[job_id] = self.tiled.node(f"{RESULTS}/{job_id}/{RESULT_KEY}")  # its shape and dtype never change
-        labels = self.tiled.read(self.labels[job_id], (description.slices.index(z),), compressed=True)
-        return colour_labels(labels, colours, hidden), description.finished
+        node = self.labels[job_id]
+        if axis == "z":
+            return colour_labels(self.tiled.read(node, (description.slices.index(index),), compressed=True), colours, hidden), True
+        rows = self.tiled.read(node, (slice(None), index) if axis == "y" else (slice(None), slice(None), index), compressed=True)
+        plane = np.full(plane_shape, UNLABELLED, np.int16)
+        plane[description.slices] = rows
+        return colour_labels(plane, colours, hidden), True

@@ -34,13 +34,13 @@ def slice_routes(library: ScanLibrary, masks: MaskOverlays, results: ResultOverl
             return _problem(400, str(error))
         return _png(image, cacheable=True)
 
-    @routes.get("/results/<scan>/<job_id>/<int:z>.png")
-    def result_overlay(scan: str, job_id: str, z: int) -> Response:
-        """A job's labels of slice z; cached by the browser only once the job has finished."""
+    @routes.get("/results/<scan>/<job_id>/<axis>/<int:index>.png")
+    def result_overlay(scan: str, job_id: str, axis: str, index: int) -> Response:
+        """A job's labels of one slice along any axis; cached by the browser only once the job has finished."""
         try:
             shape = library.volume(scan).shape
-            check_slice(shape, "z", z)
-            image, final = results.overlay(job_id, z, shape[1:], _hidden_classes())
+            check_slice(shape, axis, index)
+            image, final = results.overlay(job_id, axis, index, shape, _hidden_classes())
         except (ScanNotFound, ResultNotFound) as error:
             return _problem(404, str(error))
         except (InvalidSlice, ValueError) as error:

@@ -110,7 +110,7 @@ def test_paint_train_follow_the_job_and_overlay_its_labels(page, stack):
     expect(page.locator("#result-details")).to_contain_text("RandomForest")
     expect(page.locator("#result-details")).to_contain_text("complete")
     painted_slice = wait_for_overlay(page, lambda source: source is not None, kind="results")
-    assert painted_slice.startswith("/results/phantom/phantom-") and "/42.png" in painted_slice
+    assert painted_slice.startswith("/results/phantom/phantom-") and "/z/42.png" in painted_slice
     loaded = page.evaluate("url => fetch(url).then(response => [response.status, response.headers.get('content-type')])", painted_slice)
     assert loaded == [200, "image/png"]
     SCREENSHOTS.mkdir(exist_ok=True)
@@ -127,7 +127,7 @@ def test_paint_train_follow_the_job_and_overlay_its_labels(page, stack):
     page.keyboard.press("PageDown")
     page.keyboard.press("PageDown")
     expect(page.locator("#slice-label")).to_have_text("z = 22 / 63")
-    unpainted = wait_for_overlay(page, lambda source: source is not None and "-infer/22.png" in source, kind="results")
+    unpainted = wait_for_overlay(page, lambda source: source is not None and "-infer/z/22.png" in source, kind="results")
     labels = connect(stack.settings)["results"][unpainted.split("/")[3]]["seg_result"].read()
     assert labels.shape == (64, 64, 64)
     assert len(np.unique(labels)) == 2

@@ -112,9 +112,10 @@ def test_display_defaults_come_from_percentiles_of_a_sample(client):
         ("/scans/pair/display", 422, "/recons/pair holds 2 arrays (first, second) and no 'data'"),
         ("/scans/flat/display", 422, "/recons/flat is not a 3-D (z, y, x) array"),
         ("/slices/flat/z/0.png", 400, "/recons/flat is not a 3-D (z, y, x) array"),
-        ("/results/scan/no-such-job/0.png", 404, "no result 'no-such-job'"),
-        ("/results/scan/labels-job/9.png", 400, "z index 9 is outside 0..5"),
-        ("/results/scan/labels-job/0.png?hidden=one", 400, "hidden must be comma-separated class numbers"),
+        ("/results/scan/no-such-job/z/0.png", 404, "no result 'no-such-job'"),
+        ("/results/scan/labels-job/z/9.png", 400, "z index 9 is outside 0..5"),
+        ("/results/scan/labels-job/w/0.png", 400, "axis must be one of z, y, x"),
+        ("/results/scan/labels-job/z/0.png?hidden=one", 400, "hidden must be comma-separated class numbers"),
     ],
 )
 def test_bad_requests_say_what_is_wrong(client, result, url, status, message):
@@ -139,23 +140,30 @@ def test_login_guards_every_route_but_the_health_check(services, tmp_path):
 
 @pytest.mark.stack
 def test_a_results_labels_are_overlaid_in_their_colours_less_the_hidden_classes(client, result):
-    running = client.get("/results/scan/labels-job/4.png")
+    running = client.get("/results/scan/labels-job/z/4.png")
     assert running.status_code == 200 and running.mimetype == "image/png"
     assert decoded(running)[..., 3].max() == 0  # unwritten slices hold zeros: nothing is shown until the job completes
     assert running.headers["Cache-Control"] == "no-store"  # the job may still write this slice
 
     result.annotate(status="complete")
-    response = client.get("/results/scan/labels-job/4.png?hidden=2")
+    response = client.get("/results/scan/labels-job/z/4.png?hidden=2")
     overlay = decoded(response)
     assert overlay.shape == (40, 50, 4)
     assert overlay[0, 0].tolist() == [0, 0, 0, 0]  # pore, hidden
-    assert decoded(client.get("/results/scan/labels-job/4.png"))[0, 0].tolist() == [0, 0, 255, 255]
+    assert decoded(client.get("/results/scan/labels-job/z/4.png"))[0, 0].tolist() == [0, 0, 255, 255]
     assert overlay[25, 0].tolist() == [0, 0, 0, 255]  # void, shown in its colour
-    unsegmented = decoded(client.get("/results/scan/labels-job/2.png"))
+    unsegmented = decoded(client.get("/results/scan/labels-job/z/2.png"))
     assert unsegmented[..., 3].max() == 0
-    finished = client.get("/results/scan/labels-job/1.png")
+    finished = client.get("/results/scan/labels-job/z/1.png")
     assert decoded(finished)[0, 25].tolist() == [255, 0, 0, 255]
     assert "max-age" in finished.headers["Cache-Control"]
+
+    across = decoded(client.get("/results/scan/labels-job/y/0.png"))  # (z, x): rows 1 and 4 hold the job's slices
+    assert across.shape == (6, 50, 4)
+    assert across[1, 0].tolist() == [0, 0, 0, 255] and across[1, 30].tolist() == [255, 0, 0, 255]
+    assert across[4, 0].tolist() == [0, 0, 255, 255]
+    assert across[[0, 2, 3, 5], :, 3].max() == 0  # slices the job did not segment stay transparent
+    assert decoded(client.get("/results/scan/labels-job/x/49.png")).shape == (6, 40, 4)
 
 
 @pytest.mark.stack
@@ -165,7 +173,7 @@ def test_a_failed_or_cancelled_jobs_labels_are_never_overlaid(client, services, 
     metadata = {"job_id": f"{status}-job", "status": "running", "slices": [0, 1], "classes": RESULT_CLASSES}
     writer = ResultWriter(services.tiled(writable=True)["results"], f"{status}-job", (2, 40, 50), metadata)
     writer.annotate(status=status)
-    assert decoded(client.get(f"/results/scan/{status}-job/0.png"))[..., 3].max() == 0
+    assert decoded(client.get(f"/results/scan/{status}-job/z/0.png"))[..., 3].max() == 0
 
 
 @pytest.mark.stack

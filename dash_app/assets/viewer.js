@@ -104,11 +104,11 @@ function sliceDrawing(inputs) {
   const [source, drawn] = sliceSource(sliceUrl(maxSize), sliceUrl(Math.max(256, Math.ceil(maxSize / 4))), index, view);
   const images = [layer(source, "slice", 1)];
   // Painted labels go above the result, so they stay visible over a prediction.
-  if (result && result.scan === defaults.scan && axis === "z" && layerShown("result")) {
+  if (result && result.scan === defaults.scan && layerShown("result")) {
     const hidden = result.classes.filter((label) => !(resultClasses || []).includes(label));
     if (hidden.length < result.classes.length) {
       const job = encodeURIComponent(result.job_id);
-      images.push(layer(`/results/${scan}/${job}/${drawn}.png?status=${result.status}${hiddenQuery(hidden)}`, "result", resultOpacity));
+      images.push(layer(`/results/${scan}/${job}/${axis}/${drawn}.png?status=${result.status}${hiddenQuery(hidden)}`, "result", resultOpacity));
     }
   }
   if (maskPath && axis === "z" && annotations && layerShown("labels")) {

@@ -42,15 +42,19 @@ class RunSummary(BaseModel):
     """One run as a row of the job list."""
 
     id: str
-    name: str
+    name: str  # Prefect's, e.g. "brave-otter"
+    scan: str
     state: str
     state_type: str
     message: str | None
     created: datetime | None
+    started: datetime | None
+    ended: datetime | None
     steps: str
     model: str | None
     job_ids: dict[str, str]
     progress: float | None
+    stage: str | None = None
     epochs: list[dict[str, Any]]
     log_lines: list[str]
     prefect_url: str
@@ -68,9 +72,35 @@ class RunSummary(BaseModel):
         return self.state_type == StateType.COMPLETED.value
 
     @property
+    def title(self) -> str:
+        """What the job is, in the user's words: the step, the model and the scan."""
+        action = {"train": "Train", "infer": "Segment volume", "train_and_infer": "Train and segment"}.get(self.steps, self.steps)
+        return f"{action} · {self.model or 'trained model'} · {self.scan}"
+
+    def timing(self, now: datetime) -> str | None:
+        """Since when, for how long, and (while running) about how long is left."""
+        if self.started is None:
+            return None
+        elapsed = ((self.ended or now) - self.started).total_seconds()
+        if not self.active:
+            return f"took {duration(elapsed)}"
+        text = f"running {duration(elapsed)}"
+        if self.progress is not None and 2 <= self.progress < 100:
+            text += f", about {duration(elapsed * (100 - self.progress) / self.progress)} left"
+        return text
+
+    @property
     def result_job_id(self) -> str | None:
         """The job whose labels the run leaves last: the whole volume when it segmented it."""
         return self.job_ids.get("infer") or self.job_ids.get("train")
+
+
+def duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def summaries_from_store(shown: list[dict[str, Any]] | None) -> list[RunSummary]:
@@ -136,11 +166,17 @@ class SegmentationRuns:
         except ValidationError:
             job_ids = {}
         own = [artifact for artifact in artifacts if artifact.flow_run_id == run.id]  # newest first
-        progress = next((float(artifact.data) for artifact in own if artifact.type == "progress"), None)
+        progress_artifact = next((artifact for artifact in own if artifact.type == "progress"), None)
+        progress = float(progress_artifact.data) if progress_artifact else None
+        # The flow writes the job's current stage into the description: "Job <job id>: <stage>".
+        stage = (progress_artifact.description or "").partition(": ")[2] or None if progress_artifact else None
         epochs = next((_table(artifact.data) for artifact in own if artifact.type == "table"), [])
         return RunSummary(
             id=str(run.id),
             name=run.name,
+            scan=next((tag.removeprefix(SCAN_TAG) for tag in run.tags if tag.startswith(SCAN_TAG)), "?"),
+            started=run.start_time,
+            ended=run.end_time,
             state=run.state_name or "Unknown",
             state_type=(run.state_type or StateType.PENDING).value,
             message=run.state.message if run.state else None,
@@ -149,6 +185,7 @@ class SegmentationRuns:
             model=(parameters.get("model") or {}).get("name"),
             job_ids=job_ids,
             progress=100.0 if run.state_type == StateType.COMPLETED else progress,
+            stage=stage if run.state_type in ACTIVE_STATES else None,
             epochs=epochs,
             log_lines=log_lines,
             prefect_url=f"{self.ui_url}/runs/flow-run/{run.id}",

@@ -63,39 +63,48 @@ def clean_environment() -> dict[str, str]:
 
 
 class RunningStack:
-    """`mlex-tomo up` as a user runs it, in the background, on free ports."""
+    """`mlex-tomo up` as a user runs it, in the background, on free ports.
 
-    def __init__(self, data_dir: Path) -> None:
+    With a `checkout` instead of a `data_dir`, it runs as `make run` does: from that folder,
+    with the default data directory (`data`, relative) and nothing passed but the ports.
+    """
+
+    def __init__(self, data_dir: Path | None = None, checkout: Path | None = None) -> None:
         tiled, prefect, stomp, openwire, ui = free_ports(5)
-        self.arguments = [
-            "--data-dir", str(data_dir),
+        self.checkout = checkout
+        self.settings_arguments = [
             "--ui.port", str(ui),
             "--tiled.port", str(tiled),
             "--prefect.port", str(prefect),
             "--broker.stomp_port", str(stomp),
             "--broker.openwire_port", str(openwire),
         ]
-        self.data_dir = data_dir
+        self.data_arguments = ["--data-dir", str(data_dir)] if data_dir is not None else []
+        self.data_dir = data_dir if data_dir is not None else checkout / "data"
         self.output: list[str] = []
         self.process: subprocess.Popen | None = None
 
     @property
+    def arguments(self) -> list[str]:
+        return [*self.data_arguments, *self.settings_arguments]
+
+    @property
     def settings(self) -> StackSettings:
         """Read fresh each time: the Tiled key file appears once the stack has started."""
-        overrides = parse_dotted_overrides(self.arguments[2:])
+        overrides = parse_dotted_overrides(self.settings_arguments)
         overrides["data_dir"] = str(self.data_dir)
         return load_settings(overrides=overrides, environ={})
 
     def cli(self, *command: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(
             [sys.executable, "-m", "mlex_tomo.cli", *command, *self.arguments],
-            env=clean_environment(), capture_output=True, text=True, timeout=timeout,
+            env=clean_environment(), capture_output=True, text=True, timeout=timeout, cwd=self.checkout,
         )
 
     def start(self) -> None:
         self.process = subprocess.Popen(
             [sys.executable, "-m", "mlex_tomo.cli", "up", *self.arguments],
-            env=clean_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            env=clean_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.checkout,
         )
         ready = threading.Event()
 

@@ -43,7 +43,7 @@ CONTAINERS_CONF = Path(__file__).parent / "podman" / "containers.conf"
 def stack(tmp_path_factory):
     running = RunningStack(tmp_path_factory.mktemp("flows"))
     # Containers get an overlay of this machine's root and run this Python: no image can be pulled here.
-    running.arguments += ["--jobs.container_rootfs", "/", "--jobs.python", sys.executable]
+    running.settings_arguments += ["--jobs.container_rootfs", "/", "--jobs.python", sys.executable]
     with pytest.MonkeyPatch.context() as environment:
         environment.setenv("CONTAINERS_CONF", os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF)))
         try:

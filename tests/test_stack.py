@@ -170,7 +170,7 @@ def alive(process: psutil.Process) -> bool:
 
 def test_missing_activemq_says_how_to_install_it(tmp_path):
     stack = RunningStack(tmp_path)
-    stack.arguments += ["--broker.activemq_home", str(tmp_path / "no-activemq")]
+    stack.settings_arguments += ["--broker.activemq_home", str(tmp_path / "no-activemq")]
     result = stack.cli("up")
     assert result.returncode == 1
     assert "apt-get install -y activemq" in result.stdout + result.stderr
@@ -183,7 +183,7 @@ def test_a_port_in_use_is_named_with_its_setting(tmp_path):
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         port = squatter.getsockname()[1]
-        stack.arguments += ["--tiled.port", str(port)]
+        stack.settings_arguments += ["--tiled.port", str(port)]
         result = stack.cli("up")
     assert result.returncode == 1
     assert f"port {port}" in result.stdout and "--tiled.port" in result.stdout

@@ -29,7 +29,7 @@ def stack(tmp_path_factory):
     password_file = data_dir / "ui-password"
     password_file.write_text(PASSWORD)
     running = RunningStack(data_dir)
-    running.arguments += [
+    running.settings_arguments += [
         "--ui.username", USERNAME, "--ui.password_file", str(password_file),
         "--ui.jobs_refresh_seconds", "1", "--ui.scan_refresh_seconds", "1",
     ]
@@ -100,7 +100,7 @@ def test_paint_train_follow_the_job_and_overlay_its_labels(page, stack):
     set_field(page, "n estimators", "20")
     expect(page.locator("#model-errors")).to_be_empty()
 
-    page.get_by_role("button", name="Train").click()
+    page.click("#train")
     expect(page.locator("#job-start-status")).to_contain_text("Started: train with RandomForest")
     job = page.locator("#job-list .job").first
     expect(job.locator(".state")).to_have_text("Completed", timeout=JOB_MILLISECONDS)
@@ -118,7 +118,7 @@ def test_paint_train_follow_the_job_and_overlay_its_labels(page, stack):
     page.locator("#result-classes").get_by_text("class 2").click()
     wait_for_overlay(page, lambda source: source is not None and "hidden=1" in source, kind="results")
 
-    page.get_by_role("button", name="Segment volume").click()
+    page.click("#segment-volume")
     expect(page.locator("#job-start-status")).to_contain_text("Started: infer")
     whole = page.locator("#job-list .job").first
     expect(whole).to_contain_text("infer")
@@ -145,7 +145,7 @@ def test_a_failing_job_says_what_went_wrong(page):
     set_field(page, "num epochs", "1")
     set_field(page, "weights", "1, 2, 3")  # the mask has two classes
     expect(page.locator("#model-errors")).to_be_empty()
-    page.get_by_role("button", name="Train").click()
+    page.click("#train")
     notification = page.locator("#notification-list .toast")
     expect(notification).to_contain_text("failed", timeout=JOB_MILLISECONDS)
     expect(notification).to_contain_text("model.weights: 3 weights given, the mask has 2 classes")
@@ -166,7 +166,7 @@ def test_a_running_job_is_cancelled_from_its_card(page):
     set_field(page, "num epochs", "10000")
     set_field(page, "patches per epoch", "32")
     set_field(page, "early stopping patience", "10000")
-    page.get_by_role("button", name="Train").click()
+    page.click("#train")
     job = page.locator("#job-list .job").first
     expect(job.locator(".state")).to_have_text("Running", timeout=JOB_MILLISECONDS)
     expect(job).to_contain_text("epoch", timeout=JOB_MILLISECONDS)  # training, with its loss on the card

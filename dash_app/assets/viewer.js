@@ -95,8 +95,12 @@ function sliceDrawing(inputs) {
   const graph = document.getElementById("slice-view");
   const [xRange, yRange] = currentView(view, width, height);
   const maxSize = imageSize(graph, width, height, xRange, yRange);
+  // Plotly keys the images of a layer by their position and size, and draws only one of
+  // those that share a key: the result and the labels above it differ by a millionth of a
+  // pixel, or the labels vanished whenever a result was shown.
+  const LAYER_NUDGE = { slice: 0, result: 0, labels: 1e-6 };
   const layer = (source, name, opacity) => ({
-    source: source, name: name, xref: "x", yref: "y", x: 0, y: 0, sizex: width, sizey: height,
+    source: source, name: name, xref: "x", yref: "y", x: LAYER_NUDGE[name], y: 0, sizex: width, sizey: height,
     sizing: "stretch", layer: name === "slice" ? "below" : "above", opacity: opacity,
   });
   const sliceUrl = (size) => `/slices/${scan}/${axis}/${index}.jpeg?low=${low}&high=${high}&max_size=${size}`;

@@ -9,6 +9,7 @@ A run that fails raises a notification that says why.
 from __future__ import annotations
 
 import re
+from datetime import datetime, timezone
 from typing import Any
 
 import plotly.graph_objects as go
@@ -48,6 +49,7 @@ def layout(settings: StackSettings) -> html.Div:
             html.Div(id="job-start-status", className="details"),
             html.H2("Jobs"),
             html.Div(id="job-list", className="job-list"),
+            html.Div(id="loss-title", className="details"),
             dcc.Graph(id="loss-plot", className="loss-plot", config={"displayModeBar": False}, style={"display": "none"}),
             dcc.Store(id="runs"),
             dcc.Store(id="selected-run"),
@@ -156,7 +158,8 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
             return current, sorted(failed), no_update
         fresh = [failed[run_id] for run_id in failed if run_id not in known_failures]
         notes = notifications + [
-            {"id": run["id"], "title": f"{run['name']} failed", "message": run["message"] or "no message"} for run in fresh
+            {"id": run["id"], "title": f"{RunSummary.model_validate(run).title} failed", "message": run["message"] or "no message"}
+            for run in fresh
         ]
         return (
             no_update if current == shown else current,
@@ -194,12 +197,15 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
         runs.cancel(ctx.triggered_id["run"])
         return "Cancelling: the job is stopped within seconds."
 
-    @app.callback(Output("loss-plot", "figure"), Output("loss-plot", "style"), Input("runs", "data"), Input("selected-run", "data"))
+    @app.callback(
+        Output("loss-plot", "figure"), Output("loss-plot", "style"), Output("loss-title", "children"),
+        Input("runs", "data"), Input("selected-run", "data"),
+    )
     def plot_loss(shown, selected):
         run = selected_run(shown, selected)
         if run is None or not run.epochs:
-            return no_update, {"display": "none"}
-        return loss_figure(run), {"display": "block"}
+            return no_update, {"display": "none"}, ""
+        return loss_figure(run), {"display": "block"}, f"Loss of {run.title} ({run.name})"
 
     @app.callback(Output("notification-list", "children"), Input("notifications", "data"))
     def show_notifications(notes):
@@ -226,29 +232,35 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
 
 
 def job_card(run: RunSummary, selected: bool) -> html.Div:
+    """A compact card: what the job is, its state, stage and timing, and what to do with it."""
     last_epoch = run.epochs[-1] if run.epochs else None
+    meta = " · ".join(part for part in (run.stage, run.timing(datetime.now(timezone.utc))) if part)
     children: list[Any] = [
         html.Div(
             className="job-head",
             children=[
-                html.Button(run.name, id={"type": "job-select", "run": run.id}, className="job-name", title="Show this job's result and loss"),
+                html.Button(run.title, id={"type": "job-select", "run": run.id}, className="job-name", title="Show this job's result and loss"),
                 html.Span(run.state, className=f"state {run.state_type.lower()}"),
             ],
         ),
-        html.Div(f"{run.steps.replace('_', ' ')} · {run.model or 'trained model'}", className="details"),
+        html.Div(
+            className="details job-meta",
+            children=[
+                *([meta, " · "] if meta else []),
+                html.A(f"Prefect: {run.name}", href=run.prefect_url, target="_blank", rel="noopener"),
+            ],
+        ),
     ]
-    if run.progress is not None:
+    if run.active and run.progress is not None:
         children.append(html.Progress(value=f"{run.progress:.3g}", max="100", title=f"{run.progress:.0f} %"))
     if last_epoch and last_epoch.get("loss") is not None:
         children.append(html.Div(f"epoch {last_epoch['epoch']} · loss {last_epoch['loss']:.4f}", className="details"))
     if run.failed and run.message:
         children.append(html.P(run.message, className="failure"))
-    if run.log_lines:
+    if run.log_lines and (run.active or run.failed):
         children.append(html.Pre("\n".join(run.log_lines), className="log"))
-    actions: list[Any] = [html.A("Prefect", href=run.prefect_url, target="_blank", rel="noopener")]
     if run.active:
-        actions.append(html.Button("Cancel", id={"type": "job-cancel", "run": run.id}))
-    children.append(html.Div(className="row", children=actions))
+        children.append(html.Button("Cancel", id={"type": "job-cancel", "run": run.id}))
     return html.Div(className="job selected" if selected else "job", children=children)
 
 

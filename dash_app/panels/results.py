@@ -47,7 +47,7 @@ def register_callbacks(app: Dash, results: ResultOverlays) -> None:
             return nothing_shown(shown, f"{job_id}: no labels in Tiled yet.")
         if description.status != COMPLETE:
             why = "its labels show when it completes" if not description.finished else "it left no labels to overlay"
-            return nothing_shown(shown, f"{run.name} is {description.status}: {why}.")
+            return nothing_shown(shown, f"{run.title} is {description.status}: {why}.")
         state = {"scan": scan, "job_id": job_id, "status": description.status, "classes": sorted(int(index) for index in description.classes)}
         if state == shown:
             return no_update, no_update

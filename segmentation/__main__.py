@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
 
     def fail(code: int, message: str) -> int:
         print(f"segmentation: {message}", file=sys.stderr, flush=True)
-        progress({"event": "failed", "exit_code": code, "message": message})
+        progress({"event": "failed", "stage": "failed", "exit_code": code, "message": message})
         return code
 
     try:

@@ -241,6 +241,7 @@ def _stream(
                 progress(
                     {
                         "event": "inference",
+                        "stage": "segmenting",
                         "done": done,
                         "of": total,
                         "eta_seconds": elapsed / done * (total - done),

@@ -21,13 +21,13 @@ from numpy.typing import NDArray
 
 from segmentation.features import NUMPY_DEVICE, feature_names
 from segmentation.inference import SlabWriter, contiguous_blocks, segment_slices
-from segmentation.metrics import confusion_matrix, iou_from_confusion
+from segmentation.held_out import held_out_metrics
 from segmentation.model_store import ModelStore, TrainedModel
 from segmentation.models import MSDNetParameters, NetworkParameters, RandomForestParameters
 from segmentation.normalization import normalize, robust_range
 from segmentation.parameters import JobParameters
 from segmentation.random_forest import TrainedForest, train_random_forest
-from segmentation.tiled_io import UNLABELLED, InvalidInput, ResultWriter, SparseMask, TiledVolume, open_node, read_mask
+from segmentation.tiled_io import InvalidInput, ResultWriter, SparseMask, TiledVolume, open_node, read_mask
 from segmentation.training import ProgressCallback, TrainedNetwork, train_network
 
 BLOCKS_IN_FLIGHT = 3  # read ahead, predicting, written behind
@@ -80,6 +80,7 @@ def run_job(parameters: JobParameters, progress: ProgressCallback) -> JobOutcome
     progress(
         {
             "event": "started",
+            "stage": "reading",
             "task": parameters.task,
             "job_id": parameters.job_id,
             "device": str(device),
@@ -87,11 +88,9 @@ def run_job(parameters: JobParameters, progress: ProgressCallback) -> JobOutcome
         }
     )
     try:
-        metrics: dict[str, Any] = {}
         if stored is None:
             model = train_model(model_parameters, volume, mask, device, progress)
-            if isinstance(model, TrainedNetwork) and model.best_validation_score is not None:
-                metrics["validation_mean_iou"] = model.best_validation_score
+            metrics = held_out_metrics(model.held_out)
             provenance = {
                 "data_uri": str(parameters.data_uri),
                 "mask_uri": str(parameters.mask_uri),
@@ -100,15 +99,22 @@ def run_job(parameters: JobParameters, progress: ProgressCallback) -> JobOutcome
             }
             folder = store.save(parameters.job_id, model, classes, provenance)
             progress(
-                {"event": "trained", "model_folder": str(folder), "seconds": time.perf_counter() - started, **metrics}
+                {
+                    "event": "trained",
+                    "stage": "training",
+                    "model_folder": str(folder),
+                    "seconds": time.perf_counter() - started,
+                    **metrics,
+                }
             )
         else:
             model, folder = stored.model, store.folder(trained_job_id)
             if stored.description.get("data_uri") != str(parameters.data_uri):
                 # Another scan: map its own robust range onto what the model saw in training.
                 model = with_normalization(model, volume_range(volume))
+            metrics = held_out_metrics(model.held_out)  # the stored model's own score, from its training
         if writer is not None:
-            metrics.update(segment_volume(writer, model, len(classes), volume, mask, slices, device, parameters, progress))
+            segment_volume(writer, model, len(classes), volume, slices, device, parameters, progress)
     except BaseException as error:
         if writer is not None:
             writer.annotate(status="cancelled" if isinstance(error, KeyboardInterrupt) else "failed")
@@ -116,7 +122,15 @@ def run_job(parameters: JobParameters, progress: ProgressCallback) -> JobOutcome
     if writer is not None:
         writer.annotate(status="complete", metrics=metrics)
     result_uri = None if writer is None else f"{str(parameters.result_uri).rstrip('/')}/{parameters.job_id}"
-    progress({"event": "finished", "result_uri": result_uri, "seconds": time.perf_counter() - started, **metrics})
+    progress(
+        {
+            "event": "finished",
+            "stage": "finished",
+            "result_uri": result_uri,
+            "seconds": time.perf_counter() - started,
+            **metrics,
+        }
+    )
     return JobOutcome(model_folder=folder, result_uri=result_uri, metrics=metrics)
 
 
@@ -269,19 +283,21 @@ def segment_volume(
     model: TrainedModel,
     num_classes: int,
     volume: TiledVolume,
-    mask: SparseMask | None,
     slices: list[int],
     device: torch.device,
     parameters: JobParameters,
     progress: ProgressCallback,
-) -> dict[str, Any]:
-    """Segment `slices` into the writer's rows; score the labels against any painted pixels."""
-    scorer = LabelScorer(mask, num_classes)
+) -> None:
+    """Segment `slices` into the writer's rows.
+
+    The labels are not scored against the painted pixels: the model trained on them, so
+    that would measure memory; the held-out score from training stands instead.
+    """
     row_of = {z: row for row, z in enumerate(slices)}
+    progress({"event": "inference", "stage": "segmenting", "done": 0, "of": len(slices)})
 
     def write_labels(start: int, labels: NDArray[np.uint8]) -> None:
         writer.write_labels(row_of[start], labels)
-        scorer.add(start, labels)
 
     def write_uncertainty(start: int, uncertainty: NDArray[np.uint8]) -> None:
         writer.write_uncertainty(row_of[start], uncertainty)
@@ -301,7 +317,6 @@ def segment_volume(
             progress=progress,
             write_uncertainty=uncertainty_writer,
         )
-    return scorer.metrics()
 
 
 def segment_with_forest(
@@ -325,35 +340,11 @@ def segment_with_forest(
         done += stop - start
         elapsed = time.perf_counter() - started
         progress(
-            {"event": "inference", "done": done, "of": len(slices), "eta_seconds": elapsed / done * (len(slices) - done)}
+            {
+                "event": "inference",
+                "stage": "segmenting",
+                "done": done,
+                "of": len(slices),
+                "eta_seconds": elapsed / done * (len(slices) - done),
+            }
         )
-
-
-class LabelScorer:
-    """Agreement of the written labels with the painted pixels of the slices they cover.
-
-    The painted pixels trained the model, so this measures how well it learned the
-    labels, not how well it generalises.
-    """
-
-    def __init__(self, mask: SparseMask | None, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.confusion = np.zeros((num_classes, num_classes), np.int64)
-        self.position = {} if mask is None else {z: row for row, z in enumerate(mask.slice_indices)}
-        self.painted = None if mask is None else mask.labels
-
-    def add(self, start: int, labels: NDArray[np.uint8]) -> None:
-        for offset, z in enumerate(range(start, start + len(labels))):
-            if z in self.position:
-                painted = self.painted[self.position[z]]
-                self.confusion += confusion_matrix(labels[offset], painted, self.num_classes, ignore=UNLABELLED)
-
-    def metrics(self) -> dict[str, Any]:
-        if not self.confusion.any():
-            return {}
-        mean, per_class = iou_from_confusion(self.confusion)
-        return {
-            "labelled_pixels_mean_iou": mean,
-            "labelled_pixels_iou_per_class": [None if math.isnan(value) else value for value in per_class],
-            "labelled_pixels_scored": int(self.confusion.sum()),
-        }

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,8 @@ from numpy.typing import NDArray
 from sklearn.ensemble import RandomForestClassifier
 
 from segmentation.features import compute_features, feature_names, worker_count
+from segmentation.held_out import HeldOutScore, hold_out_tiles
+from segmentation.metrics import confusion_matrix
 from segmentation.models import RandomForestParameters
 
 ProgressCallback = Callable[[dict[str, Any]], None]
@@ -25,6 +27,7 @@ UNLABELLED = -1
 BLOCK_FEATURE_BYTES = 256 * 2**20  # features of one block of slices
 PREDICT_CHUNK_PIXELS = 32_768  # small enough that every tree reuses the chunk from cache
 SAVE_FORMAT = 1
+HELD_OUT_FRACTION = 0.2  # of each class's drawn pixels, as the networks' default val_pct
 
 
 @dataclass(frozen=True)
@@ -33,11 +36,14 @@ class TrainedForest:
 
     `normalisation` is the raw (low, high) that `segmentation.normalization.normalize`
     mapped onto [0, 1] to make the training slices; slices to predict must be mapped alike.
+    `held_out` is the score measured on held-out tiles before the final refit (None when
+    the labels were too few to hold any out).
     """
 
     model: RandomForestClassifier
     parameters: RandomForestParameters
     normalisation: tuple[float, float]
+    held_out: HeldOutScore | None = None
 
     @property
     def classes(self) -> NDArray[np.uint8]:
@@ -65,7 +71,7 @@ class TrainedForest:
             features = compute_features(block, self.parameters, device, out=buffer[: stop - start])
             labels, uncertainty = _classify(self.model, features.reshape(-1, features.shape[-1]))
             if progress is not None:
-                progress({"event": "inference", "done": stop, "of": count})
+                progress({"event": "inference", "stage": "segmenting", "done": stop, "of": count})
             yield start, labels.reshape(block.shape), uncertainty.reshape(block.shape)
 
     def predict_slices(
@@ -93,6 +99,7 @@ class TrainedForest:
                 "parameters": self.parameters.model_dump(mode="json"),
                 "normalisation": list(self.normalisation),
                 "feature_names": feature_names(self.parameters),
+                "held_out": None if self.held_out is None else asdict(self.held_out),
             },
             path,
         )
@@ -104,10 +111,12 @@ class TrainedForest:
         if stored.get("format") != SAVE_FORMAT:
             raise ValueError(f"{path} holds format {stored.get('format')!r}, expected {SAVE_FORMAT}")
         low, high = stored["normalisation"]
+        held_out = stored.get("held_out")  # absent from forests saved before it was measured
         return cls(
             model=stored["model"],
             parameters=RandomForestParameters.model_validate(stored["parameters"]),
             normalisation=(float(low), float(high)),
+            held_out=None if held_out is None else HeldOutScore(**held_out),
         )
 
 
@@ -119,12 +128,17 @@ def train_random_forest(
     progress: ProgressCallback | None = None,
     normalisation: tuple[float, float] = (0.0, 1.0),
 ) -> TrainedForest:
-    """Fit on a class-balanced, seeded draw of the labelled pixels of `slices`.
+    """Fit on a class-balanced, seeded draw of the labelled pixels of `slices`, scored on held-out tiles.
 
     `slices` are the labelled slices (n, y, x), already normalised with the (low, high)
     `normalisation`, which the forest keeps for inference;
     `masks` (n, y, x) holds -1 where unlabelled and the class 0..K-1 elsewhere.
-    Features are computed only for slices that contribute a drawn pixel.
+    Features are computed once, only for slices that contribute a drawn pixel. A first
+    forest fits the drawn pixels less those held out (about HELD_OUT_FRACTION of each
+    class, in whole tiles: `hold_out_tiles`) and is scored on them. The forest returned
+    is then refitted on every drawn pixel: that costs one more fit and no features, and
+    with labels this few they serve the model better than the score, which thus rates a
+    forest that saw a little less, erring low.
     """
     if slices.shape != masks.shape or slices.ndim != 3:
         raise ValueError(
@@ -133,16 +147,65 @@ def train_random_forest(
     masks = np.asarray(masks)
     if masks.min(initial=UNLABELLED) < UNLABELLED or masks.max(initial=0) > np.iinfo(np.uint8).max:
         raise ValueError(f"mask values must be {UNLABELLED} (unlabelled) or a class index 0..255")
+    report = progress or (lambda event: None)
     chosen = sample_training_pixels(masks, parameters.max_training_pixels, parameters.seed)
     targets = masks.reshape(-1)[chosen].astype(np.uint8)
     if np.unique(targets).size < 2:
         raise ValueError("labels of at least two classes are needed to train a classifier")
+    held_out = drawn_held_out(masks, chosen, parameters.seed)
+    samples = training_features(slices, chosen, parameters, device, report)
 
-    pixels_per_slice = masks.shape[1] * masks.shape[2]
+    fits = 1 if held_out is None else 2
+
+    def fitted(done: int) -> None:
+        report(
+            {
+                "event": "stage",
+                "stage": "fitting",
+                "done": done,
+                "of": fits,
+                "pixels": int(chosen.size),
+                "features": samples.shape[1],
+            }
+        )
+
+    fitted(0)
+    score = None
+    if held_out is not None:
+        model = fit_forest(samples[~held_out], targets[~held_out], parameters)
+        predicted, _ = _classify(model, samples[held_out])
+        num_classes = int(targets.max()) + 1
+        score = HeldOutScore.from_confusion(confusion_matrix(predicted, targets[held_out], num_classes))
+        fitted(1)
+    model = fit_forest(samples, targets, parameters)
+    fitted(fits)
+    return TrainedForest(model=model, parameters=parameters, normalisation=normalisation, held_out=score)
+
+
+def drawn_held_out(
+    masks: NDArray[np.integer], chosen: NDArray[np.int64], seed: int
+) -> NDArray[np.bool_] | None:
+    """Which drawn pixels to hold out; tiles are shared out among the drawn pixels alone, the ones fitted and scored."""
+    drawn = np.full(masks.shape, UNLABELLED, np.int8)
+    drawn.reshape(-1)[chosen] = masks.reshape(-1)[chosen]
+    held_out = hold_out_tiles(drawn, HELD_OUT_FRACTION, seed)
+    return None if held_out is None else held_out.reshape(-1)[chosen]
+
+
+def training_features(
+    slices: NDArray[np.floating],
+    chosen: NDArray[np.int64],
+    parameters: RandomForestParameters,
+    device: str,
+    report: ProgressCallback,
+) -> NDArray[np.float32]:
+    """Features (pixel, feature) of the `chosen` flat pixels, computed block by block of their slices."""
+    pixels_per_slice = slices.shape[1] * slices.shape[2]
     slice_of_pixel = chosen // pixels_per_slice
     labelled_slices = np.unique(slice_of_pixel)
-    batch = slices_per_block(masks.shape[1:], parameters)
+    batch = slices_per_block(slices.shape[1:], parameters)
     samples = np.empty((chosen.size, len(feature_names(parameters))), np.float32)
+    report({"event": "stage", "stage": "features", "done": 0, "of": int(labelled_slices.size)})
     for first in range(0, labelled_slices.size, batch):
         block_slices = labelled_slices[first : first + batch]
         features = compute_features(np.asarray(slices[block_slices]), parameters, device)
@@ -150,22 +213,21 @@ def train_random_forest(
         position_in_block = np.searchsorted(block_slices, slice_of_pixel[in_block])
         flat_in_block = position_in_block * pixels_per_slice + chosen[in_block] % pixels_per_slice
         samples[in_block] = features.reshape(-1, features.shape[-1])[flat_in_block]
-        if progress is not None:
-            done = min(first + batch, labelled_slices.size)
-            progress({"event": "train", "stage": "features", "done": done, "of": labelled_slices.size})
+        done = min(first + batch, labelled_slices.size)
+        report({"event": "stage", "stage": "features", "done": int(done), "of": int(labelled_slices.size)})
+    return samples
 
-    if progress is not None:
-        progress(
-            {"event": "train", "stage": "fit", "pixels": int(chosen.size), "features": samples.shape[1]}
-        )
+
+def fit_forest(
+    samples: NDArray[np.float32], targets: NDArray[np.uint8], parameters: RandomForestParameters
+) -> RandomForestClassifier:
     model = RandomForestClassifier(
         n_estimators=parameters.n_estimators,
         max_depth=parameters.max_depth,
         n_jobs=-1,
         random_state=parameters.seed,
     )
-    model.fit(samples, targets)
-    return TrainedForest(model=model, parameters=parameters, normalisation=normalisation)
+    return model.fit(samples, targets)
 
 
 def sample_training_pixels(

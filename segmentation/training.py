@@ -1,9 +1,10 @@
 """Training a network on sparse labels: scribbles on a few slices of a volume.
 
 Labels are a few strokes on one to a few percent of the slices, so everything here works
-on labelled pixels rather than on slices: validation holds out a random share of the
-labelled pixels of every class, and training patches are drawn around labelled pixels
-only. Unlabelled pixels (-1) carry no loss.
+on labelled pixels rather than on slices: validation holds out a share of every class's
+labels in whole tiles of the labelled slices (`segmentation.held_out`), and training
+patches are drawn around the other labelled pixels only. Unlabelled pixels (-1) carry no
+loss.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from os import PathLike
 from typing import Annotated, Any
 
@@ -22,6 +23,7 @@ from numpy.typing import NDArray
 from pydantic import Field, TypeAdapter
 from torch import nn
 
+from segmentation.held_out import HeldOutScore, hold_out_tiles
 from segmentation.metrics import confusion_matrix, iou_from_confusion
 from segmentation.models import (
     MSDNetParameters,
@@ -45,13 +47,18 @@ _NETWORK_PARAMETERS: TypeAdapter[NetworkParameters] = TypeAdapter(
 
 @dataclass
 class TrainedNetwork:
-    """A trained module with everything inference needs to use it as it was trained."""
+    """A trained module with everything inference needs to use it as it was trained.
+
+    `held_out` scores the kept weights on the held-out tiles; those tiles also chose the
+    epoch kept, so it is the best of the epochs' scores: a little optimistic, but on
+    labels the network never trained on. None when no labels could be held out.
+    """
 
     module: nn.Module
     parameters: NetworkParameters
     num_classes: int
     normalization: tuple[float, float]  # (low, high) intensities mapped to 0 and 1
-    best_validation_score: float | None
+    held_out: HeldOutScore | None
     history: list[dict[str, Any]] = field(default_factory=list)
 
     def save(self, path: str | PathLike[str]) -> None:
@@ -63,7 +70,7 @@ class TrainedNetwork:
                 "parameters": self.parameters.model_dump_json(),
                 "num_classes": self.num_classes,
                 "normalization": [float(low), float(high)],
-                "best_validation_score": self.best_validation_score,
+                "held_out": None if self.held_out is None else asdict(self.held_out),
                 "history": self.history,
                 "state_dict": {
                     name: tensor.detach().cpu() for name, tensor in self.module.state_dict().items()
@@ -82,12 +89,13 @@ class TrainedNetwork:
         module.load_state_dict(saved["state_dict"])
         module.to(device).eval()
         low, high = saved["normalization"]
+        held_out = saved.get("held_out")  # absent from networks saved before it was measured
         return cls(
             module=module,
             parameters=parameters,
             num_classes=saved["num_classes"],
             normalization=(low, high),
-            best_validation_score=saved["best_validation_score"],
+            held_out=None if held_out is None else HeldOutScore(**held_out),
             history=saved["history"],
         )
 
@@ -113,7 +121,7 @@ def train_network(
     _check_training_data(slices, masks, num_classes)
     device = torch.device(device)
     rng = np.random.default_rng(parameters.seed)
-    training_targets, validation_targets = split_labelled_pixels(masks, parameters.val_pct, rng)
+    training_targets, validation_targets = split_labelled_pixels(masks, parameters.val_pct, parameters.seed)
     weights = class_weights(training_targets, num_classes, parameters.weights)
     sampler = PatchSampler(slices, training_targets, parameters.patch_size, rng)
     steps_per_epoch = math.ceil(parameters.patches_per_epoch / parameters.batch_size_train)
@@ -131,7 +139,10 @@ def train_network(
         history: list[dict[str, Any]] = []
         best_rank: tuple[float, float] | None = None
         best_state: dict[str, torch.Tensor] | None = None
+        best_confusion: NDArray[np.int64] | None = None
         epochs_without_improvement = 0
+        if progress is not None:
+            progress({"event": "stage", "stage": "training", "done": 0, "of": parameters.num_epochs})
         for epoch in range(1, parameters.num_epochs + 1):
             started = time.perf_counter()
             module.train()
@@ -147,7 +158,7 @@ def train_network(
                 loss_sum += loss.detach()
             record: dict[str, Any] = {"epoch": epoch, "loss": loss_sum.item() / steps_per_epoch}
             if validated.size:
-                score, validation_loss = _validate(
+                confusion, validation_loss = _validate(
                     module,
                     validation_slices,
                     validation_targets,
@@ -155,11 +166,12 @@ def train_network(
                     parameters.batch_size_inference,
                     device,
                 )
+                score = iou_from_confusion(confusion)[0]
                 record.update(val_score=score, val_loss=validation_loss)
                 # Scores on few pixels saturate; the validation loss breaks ties.
                 rank = (score, -validation_loss)
                 if best_rank is None or rank > best_rank:
-                    best_rank, epochs_without_improvement = rank, 0
+                    best_rank, best_confusion, epochs_without_improvement = rank, confusion, 0
                     best_state = {
                         name: tensor.detach().clone() for name, tensor in module.state_dict().items()
                     }
@@ -173,6 +185,7 @@ def train_network(
                 progress(
                     {
                         "event": "epoch",
+                        "stage": "training",
                         "epoch": epoch,
                         "of": parameters.num_epochs,
                         "loss": record["loss"],
@@ -190,31 +203,25 @@ def train_network(
         parameters=parameters,
         num_classes=num_classes,
         normalization=normalization,
-        best_validation_score=None if best_rank is None else best_rank[0],
+        held_out=None if best_confusion is None else HeldOutScore.from_confusion(best_confusion),
         history=history,
     )
 
 
 def split_labelled_pixels(
-    masks: NDArray[np.int8], validation_fraction: float, rng: np.random.Generator
+    masks: NDArray[np.int8], validation_fraction: float, seed: int
 ) -> tuple[NDArray[np.int8], NDArray[np.int8]]:
-    """(training, validation) masks that share out the labelled pixels of every class.
+    """(training, validation) masks: about `validation_fraction` of every class's labels, in whole tiles.
 
-    Scribbles cover too few slices to hold any out, so a random `validation_fraction` of
-    each class's labelled pixels is held out instead, keeping at least one for training.
-    Held-out pixels neighbour training ones, so the score is optimistic: it serves early
-    stopping, not accuracy claims.
+    Scribbles cover too few slices to hold any slice out, and random pixels would sit
+    beside training ones, so tiles are held out (`hold_out_tiles`). When the labels are
+    too few for that, validation is empty and training gets every label.
     """
-    training = np.ascontiguousarray(masks, dtype=np.int8).copy()
-    validation = np.full_like(training, UNLABELLED)
-    flat_training, flat_validation = training.reshape(-1), validation.reshape(-1)
-    for label in np.unique(training[training != UNLABELLED]):
-        positions = np.flatnonzero(flat_training == label)
-        held_out_count = min(round(validation_fraction * positions.size), positions.size - 1)
-        held_out = rng.choice(positions, held_out_count, replace=False)
-        flat_validation[held_out] = label
-        flat_training[held_out] = UNLABELLED
-    return training, validation
+    masks = np.ascontiguousarray(masks, dtype=np.int8)
+    held_out = hold_out_tiles(masks, validation_fraction, seed)
+    if held_out is None:
+        return masks.copy(), np.full_like(masks, UNLABELLED)
+    return np.where(held_out, UNLABELLED, masks).astype(np.int8), np.where(held_out, masks, UNLABELLED).astype(np.int8)
 
 
 def class_weights(
@@ -297,8 +304,8 @@ def _validate(
     num_classes: int,
     batch_size: int,
     device: torch.device,
-) -> tuple[float, float]:
-    """(mean IoU, mean cross-entropy) over the validation pixels, predicting whole slices."""
+) -> tuple[NDArray[np.int64], float]:
+    """(confusion matrix, mean cross-entropy) over the validation pixels, predicting whole slices."""
     module.eval()
     confusion = np.zeros((num_classes, num_classes), np.int64)
     loss_sum, pixel_count = 0.0, 0
@@ -316,7 +323,7 @@ def _validate(
             confusion += confusion_matrix(
                 pixel_logits.argmax(1).cpu().numpy(), pixel_targets.cpu().numpy(), num_classes
             )
-    return iou_from_confusion(confusion)[0], loss_sum / pixel_count
+    return confusion, loss_sum / pixel_count
 
 
 def _optimizer(module: nn.Module, parameters: NetworkParameters) -> torch.optim.Optimizer:

@@ -149,9 +149,10 @@ def test_forest_segments_the_volume_from_sparse_scribbles(seed: int) -> None:
     assert mean >= 0.85, per_class
     assert labels.dtype == np.uint8 and uncertainty.dtype == np.float32
     assert 0.0 <= uncertainty.min() and uncertainty.max() <= 1 - 1 / NUM_CLASSES + 1e-6
-    stages = [event["stage"] for event in events if event["event"] == "train"]
-    assert stages[0] == "features" and stages[-1] == "fit"
-    assert events[-1] == {"event": "inference", "done": PHANTOM_SHAPE[0], "of": PHANTOM_SHAPE[0]}
+    stages = [event["stage"] for event in events if event["event"] == "stage"]
+    assert stages[0] == "features" and stages[-1] == "fitting"
+    assert events[-1] == {"event": "inference", "stage": "segmenting", "done": PHANTOM_SHAPE[0], "of": PHANTOM_SHAPE[0]}
+    assert forest.held_out is not None and forest.held_out.pixels > 0
 
 
 def test_chunked_prediction_matches_sklearn(trained: tuple[NDArray[np.float32], TrainedForest]) -> None:
@@ -215,3 +216,60 @@ def test_training_needs_two_labelled_classes() -> None:
 def test_invalid_parameters_are_rejected(invalid: dict) -> None:
     with pytest.raises(ValidationError):
         RandomForestParameters(**invalid)
+
+
+def striped_noise() -> tuple[NDArray[np.float32], NDArray[np.int8]]:
+    """Noise, with class 0 painted in rows on the left and class 1 on the right: nothing to learn but where."""
+    image = np.random.default_rng(0).random((2, 96, 96), dtype=np.float32)
+    masks = np.full(image.shape, -1, np.int8)
+    masks[:, 8:88:8, 8:40] = 0
+    masks[:, 8:88:8, 56:88] = 1
+    return image, masks
+
+
+def test_the_forest_is_scored_on_held_out_tiles_not_on_the_pixels_it_fitted() -> None:
+    image, masks = striped_noise()
+    parameters = RandomForestParameters(max_depth=None, n_estimators=20)
+    forest = train_random_forest(image, masks, parameters, "numpy")
+    labels, _ = forest.predict_slices(image, "numpy")
+    labelled = masks >= 0
+    assert np.array_equal(labels[labelled], masks[labelled])  # it fits every painted pixel...
+    assert forest.held_out is not None
+    assert forest.held_out.mean_iou < 0.7, forest.held_out  # ...and guesses on those held out
+    assert 0.1 * labelled.sum() < forest.held_out.pixels < 0.5 * labelled.sum()
+    assert len(forest.held_out.iou_per_class) == 2
+
+
+def test_random_forest_reports_stage_progress_while_training() -> None:
+    image, masks = striped_noise()
+    parameters = RandomForestParameters(n_estimators=5, max_training_pixels=2_000)
+    events: list[dict] = []
+    train_random_forest(image, masks, parameters, "numpy", events.append)
+    assert all(event["event"] == "stage" for event in events)
+    for stage in ("features", "fitting"):
+        done = [event["done"] for event in events if event["stage"] == stage]
+        assert len(done) > 1 and done[0] == 0
+        assert all(earlier < later for earlier, later in zip(done, done[1:]))
+        assert done[-1] == next(event["of"] for event in events if event["stage"] == stage)
+    assert [event["stage"] for event in events].index("fitting") > 0
+
+
+def test_a_single_short_stroke_per_class_claims_no_held_out_score() -> None:
+    image, _ = striped_noise()
+    masks = np.full(image.shape, -1, np.int8)
+    masks[0, 20, 18:24] = 0
+    masks[0, 60, 66:72] = 1
+    events: list[dict] = []
+    forest = train_random_forest(image, masks, RandomForestParameters(n_estimators=5), "numpy", events.append)
+    assert forest.held_out is None
+    fits = [event for event in events if event["stage"] == "fitting"]
+    assert [(event["done"], event["of"]) for event in fits] == [(0, 1), (1, 1)]
+    assert forest.model.n_features_in_ == 56 and sorted(forest.model.classes_) == [0, 1]
+
+
+def test_held_out_score_is_saved_with_the_forest(tmp_path: Path) -> None:
+    image, masks = striped_noise()
+    forest = train_random_forest(image, masks, RandomForestParameters(n_estimators=5), "numpy")
+    forest.save(tmp_path / "forest.joblib")
+    assert forest.held_out is not None
+    assert TrainedForest.load(tmp_path / "forest.joblib").held_out == forest.held_out

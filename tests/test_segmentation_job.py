@@ -41,13 +41,16 @@ FAST_TUNET = {
     "early_stopping_patience": 30,
 }
 FLOOR = 0.85
+# The TUNet trains without the fifth of each class's strokes held out to score it: 0.83
+# here (seed 0; 0.88 with seed 1), against 0.89-0.91 trained on every label.
+TUNET_FLOOR = 0.80
 
 
 class Job:
     """Runs the job in a subprocess with the environment a launcher gives it."""
 
-    def __init__(self, services: Services, models_dir: Path, work_dir: Path) -> None:
-        self.services, self.models_dir, self.work_dir = services, models_dir, work_dir
+    def __init__(self, services: Services, models_dir: Path, work_dir: Path, labels: np.ndarray) -> None:
+        self.services, self.models_dir, self.work_dir, self.labels = services, models_dir, work_dir, labels
         self.base = f"{services.settings.tiled.base_url}/api/v1/metadata"
 
     def environment(self, api_key: bool = True) -> dict[str, str]:
@@ -110,7 +113,7 @@ def job(tmp_path_factory, phantom):
             key="mask",
             metadata={"mask_idx": LABELLED_SLICES, "classes": CLASSES, "data_uri": "recons/phantom"},
         )
-        yield Job(services, tmp_path_factory.mktemp("models"), tmp_path_factory.mktemp("parameters"))
+        yield Job(services, tmp_path_factory.mktemp("models"), tmp_path_factory.mktemp("parameters"), labels)
     finally:
         services.stop_all()
 
@@ -132,7 +135,16 @@ def test_random_forest_trains_on_scribbles_then_segments_the_whole_volume(job, p
     assert preview["seg_result"].shape == (len(LABELLED_SLICES), 96, 96)
     assert preview.metadata["status"] == "complete" and preview.metadata["slices"] == LABELLED_SLICES
     assert preview.metadata["model"] == "RandomForest" and preview.metadata["mask_idx"] == LABELLED_SLICES
-    assert preview.metadata["metrics"]["labelled_pixels_mean_iou"] > 0.95
+    metrics = preview.metadata["metrics"]
+    assert set(metrics) == {"held_out_mean_iou", "held_out_iou_per_class", "held_out_pixels"}
+    assert 0 < metrics["held_out_pixels"] < np.sum(job.labels >= 0) / 2 and len(metrics["held_out_iou_per_class"]) == 3
+    assert 0.5 < metrics["held_out_mean_iou"] <= 1
+    for name in ("trained", "finished"):
+        assert {key: events_named(events, name)[0][key] for key in metrics} == metrics
+    assert all("stage" in event for event in events)
+    for stage in ("features", "fitting"):
+        done = [event["done"] for event in events if event["event"] == "stage" and event["stage"] == stage]
+        assert done[0] == 0 and done[-1] > 0 and all(a < b for a, b in zip(done, done[1:])), (stage, done)
     assert {path.name for path in (job.models_dir / "forest-train").iterdir()} == {"model.json", "forest.joblib"}
 
     code, events, stderr = job.run(
@@ -149,6 +161,7 @@ def test_random_forest_trains_on_scribbles_then_segments_the_whole_volume(job, p
     uncertainty = result["probabilities"].read()
     assert uncertainty.shape == truth.shape and uncertainty.max() > 0
     assert result.metadata["trained_job_id"] == "forest-train" and result.metadata["classes"] == CLASSES
+    assert result.metadata["metrics"] == metrics  # the score of the model that segmented it
     assert events_named(events, "inference")[-1]["done"] == 64
 
 
@@ -166,12 +179,13 @@ def test_tunet_trains_with_epoch_progress_and_segments_the_volume(job, tunet_job
     epochs = events_named(events, "epoch")
     assert [event["epoch"] for event in epochs] == list(range(1, 31))
     assert all({"loss", "val_score", "eta_seconds", "of"} <= event.keys() for event in epochs)
+    assert events_named(events, "trained")[0]["held_out_pixels"] > 0
     assert epochs[-1]["eta_seconds"] == 0
     done = [event["done"] for event in events_named(events, "inference")]
     assert done == sorted(done) and done[-1] == 64
     labels = job.result("tunet")["seg_result"].read()
     score, _ = mean_iou(labels, truth, 3)
-    assert score >= FLOOR, f"TUNet mean IoU {score:.3f} is below {FLOOR}"
+    assert score >= TUNET_FLOOR, f"TUNet mean IoU {score:.3f} is below {TUNET_FLOOR}"
 
 
 @pytest.mark.stack
@@ -246,8 +260,9 @@ def test_bad_input_fails_early_with_its_own_exit_code(job, overrides, api_key, c
         parameters.pop("model")
     returned, events, stderr = job.run(parameters, api_key=api_key)
     assert returned == code, stderr
-    assert message in stderr and events[-1] == {"event": "failed", "exit_code": code, "message": events[-1]["message"]}
-    assert not events_named(events, "train") and not events_named(events, "epoch")
+    failed = {"event": "failed", "stage": "failed", "exit_code": code, "message": events[-1]["message"]}
+    assert message in stderr and events[-1] == failed
+    assert not events_named(events, "stage") and not events_named(events, "epoch")
 
 
 @pytest.mark.stack

@@ -7,6 +7,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
+from segmentation.held_out import HeldOutScore
 from segmentation.models import (
     MSDNetParameters,
     NetworkParameters,
@@ -180,7 +181,7 @@ def test_saved_network_loads_with_identical_outputs(name: str, tmp_path) -> None
         parameters=parameters,
         num_classes=3,
         normalization=(12.5, 4000.0),
-        best_validation_score=0.75,
+        held_out=HeldOutScore(mean_iou=0.75, iou_per_class=[0.5, 1.0, None], pixels=40),
         history=[{"epoch": 1, "loss": 0.5, "val_score": 0.75, "val_loss": 0.4, "seconds": 1.0}],
     )
     path = tmp_path / "network.pt"
@@ -193,7 +194,7 @@ def test_saved_network_loads_with_identical_outputs(name: str, tmp_path) -> None
     assert not loaded.module.training
     assert loaded.parameters == parameters and type(loaded.parameters) is type(parameters)
     assert (loaded.num_classes, loaded.normalization) == (3, (12.5, 4000.0))
-    assert loaded.best_validation_score == 0.75
+    assert loaded.held_out == trained.held_out
     assert loaded.history == trained.history
 
 

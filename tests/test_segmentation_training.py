@@ -52,6 +52,9 @@ TUNET = TUNetParameters(
     early_stopping_patience=30,
     seed=0,
 )
+# Trained on every label (val_pct 0): this small network needs all ~165 scribbled pixels.
+# With a quarter of each class's strokes held out it reached 0.71-0.79 here (seeds 0-2),
+# against 0.86-0.88 on every label; the held-out split is tested with the TUNet.
 MSDNET = MSDNetParameters(
     num_layers=20,
     layer_width=1,
@@ -62,11 +65,12 @@ MSDNET = MSDNetParameters(
     batch_size_train=8,
     patches_per_epoch=64,
     early_stopping_patience=30,
+    val_pct=0.0,
     seed=0,
 )
 TUNET_FLOOR = 0.85
 # A 20-layer, one-map-per-layer MSDNet has about 2,000 weights against the U-Net's 30,000
-# and places the small inclusions' edges less exactly: it reached 0.87-0.90 on phantoms
+# and places the small inclusions' edges less exactly: it reached 0.86-0.90 on phantoms
 # like this one where the U-Net reached 0.91-0.94, hence a lower floor.
 MSDNET_FLOOR = 0.80
 
@@ -134,12 +138,15 @@ def test_tunet_trained_on_scribbles_segments_the_whole_volume(trained_tunet: Tra
     print(f"TUNet: mean IoU {miou:.3f}, per class {np.round(per_class, 3)}, trained in {seconds:.1f} s")
     assert miou >= TUNET_FLOOR, per_class
 
-    assert [event["epoch"] for event in events] == list(range(1, len(events) + 1))
-    for event in events:
-        assert event["event"] == "epoch" and event["of"] == TUNET.num_epochs
+    assert events[0] == {"event": "stage", "stage": "training", "done": 0, "of": TUNET.num_epochs}
+    epochs = events[1:]
+    assert [event["epoch"] for event in epochs] == list(range(1, len(epochs) + 1))
+    for event in epochs:
+        assert event["event"] == "epoch" and event["stage"] == "training" and event["of"] == TUNET.num_epochs
         assert np.isfinite(event["loss"]) and 0 <= event["val_score"] <= 1 and event["seconds"] > 0
-    assert events[-1]["loss"] < events[0]["loss"]
-    assert network.best_validation_score == max(event["val_score"] for event in events)
+    assert epochs[-1]["loss"] < epochs[0]["loss"]
+    assert network.held_out is not None and network.held_out.pixels > 0
+    assert network.held_out.mean_iou == max(event["val_score"] for event in epochs)
 
 
 def test_msdnet_trained_on_scribbles_segments_the_whole_volume(scribbles: Scribbles, phantom: Phantom) -> None:
@@ -153,7 +160,7 @@ def test_msdnet_trained_on_scribbles_segments_the_whole_volume(scribbles: Scribb
 def test_early_stopping_returns_the_weights_of_the_best_epoch(scribbles: Scribbles) -> None:
     slices, masks, _ = scribbles
     parameters = TUNET.model_copy(
-        update={"num_epochs": 12, "early_stopping_patience": 2, "patches_per_epoch": 16, "base_channels": 4}
+        update={"num_epochs": 20, "early_stopping_patience": 2, "patches_per_epoch": 16, "base_channels": 4}
     )
     network = train_network(slices, masks, parameters, NUM_CLASSES, CPU)
     history = network.history
@@ -163,7 +170,7 @@ def test_early_stopping_returns_the_weights_of_the_best_epoch(scribbles: Scribbl
     assert len(history) == best_epoch + parameters.early_stopping_patience < parameters.num_epochs
 
     # Re-scoring the returned module on the held-out pixels gives the best epoch's loss.
-    _, validation = split_labelled_pixels(masks, parameters.val_pct, np.random.default_rng(parameters.seed))
+    _, validation = split_labelled_pixels(masks, parameters.val_pct, parameters.seed)
     with torch.inference_mode():
         logits = network.module(torch.from_numpy(slices[:, None]))
     held_out = torch.from_numpy(validation.astype(np.int64))
@@ -205,21 +212,26 @@ def test_without_validation_pixels_training_runs_every_epoch_and_keeps_the_last_
     )
     events: list[dict] = []
     network = train_network(slices, masks, parameters, NUM_CLASSES, CPU, progress=events.append)
-    assert [event["val_score"] for event in events] == [None, None, None]
-    assert network.best_validation_score is None and len(network.history) == 3
+    assert [event["val_score"] for event in events if event["event"] == "epoch"] == [None, None, None]
+    assert network.held_out is None and len(network.history) == 3
 
 
-def test_validation_split_holds_out_a_share_of_every_class() -> None:
-    rng = np.random.default_rng(0)
-    masks = np.full((2, 50, 60), -1, np.int8)
-    masks[0, 10:20, 10:20] = 0  # 100 pixels
-    masks[1, 5:7, 5:30] = 1  # 50 pixels
-    masks[1, 40, 40] = 2  # a single pixel stays for training
-    training, validation = split_labelled_pixels(masks, 0.2, rng)
+def test_validation_split_holds_out_whole_tiles_of_every_class(scribbles: Scribbles) -> None:
+    _, masks, _ = scribbles
+    training, validation = split_labelled_pixels(masks, 0.2, seed=0)
     assert not ((training >= 0) & (validation >= 0)).any()
     assert np.array_equal(np.where(training >= 0, training, validation), masks)
-    assert [int((validation == label).sum()) for label in range(3)] == [20, 10, 0]
-    assert (training == 2).sum() == 1
+    for label in range(NUM_CLASSES):
+        assert 0.1 <= (validation == label).sum() / (masks == label).sum() <= 0.4
+
+
+def test_labels_too_few_to_hold_out_all_go_to_training() -> None:
+    masks = np.full((2, 50, 60), -1, np.int8)
+    masks[0, 10:20, 10:20] = 0
+    masks[1, 5:7, 5:30] = 1
+    masks[1, 40, 40] = 2  # a single pixel: no honest score for class 2
+    training, validation = split_labelled_pixels(masks, 0.2, seed=0)
+    assert np.array_equal(training, masks) and (validation == -1).all()
 
 
 def test_balanced_class_weights_give_every_class_the_same_total_weight() -> None:

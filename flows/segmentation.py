@@ -32,11 +32,14 @@ from mlex_tomo.settings import StackSettings, load_settings
 from mlex_tomo.tiled_layout import RESULTS, node_uri
 from segmentation.models import ModelParameters
 from segmentation.parameters import JOB_ID_PATTERN, Device, JobParameters
+from segmentation.progress import STAGE_LABELS
 
 JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$"
 PROGRESS_UPDATE_SECONDS = 1.0
 EPOCH_TABLE_UPDATE_SECONDS = 5.0  # each update is a new artifact version: often enough for a live loss plot
 TRAINING_SHARE = 0.8  # of a train-and-segment job's progress bar
+# What part of the training share each training stage fills: the forest's features, then its fits.
+TRAINING_STAGE_SPANS = {"features": (0.0, 0.5), "fitting": (0.5, 1.0), "training": (0.0, 1.0)}
 
 
 class ResourceRequest(BaseModel):
@@ -197,51 +200,71 @@ def job_secrets(settings: StackSettings) -> dict[str, str]:
 
 
 class ProgressReporter:
-    """Turns the job's progress lines into a progress artifact and a table of epochs."""
+    """Turns the job's progress lines into a progress artifact and a table of epochs.
+
+    The bar gives training TRAINING_SHARE of a train-and-segment job: networks fill it
+    epoch by epoch, the random forest by its stages (TRAINING_STAGE_SPANS). The
+    artifact's description reads "Job <job id>: <stage>", the job's current stage in
+    words (`segmentation.progress.STAGE_LABELS`), for a UI to show.
+    """
 
     def __init__(self, job_id: str, task_name: str) -> None:
         self.job_id, self.trains = job_id, task_name == "train_infer"
-        self.artifact_id = create_progress_artifact(
-            progress=0.0, description=f"Job {job_id}: {'training, then segmenting' if self.trains else 'segmenting'}"
-        )
+        self.description = f"Job {job_id}: {'training, then segmenting' if self.trains else 'segmenting'}"
+        self.artifact_id = create_progress_artifact(progress=0.0, description=self.description)
         self.epochs: list[dict[str, Any]] = []
         self.metrics: dict[str, Any] = {}
         self.percent, self.updated_at, self.epochs_published_at = 0.0, 0.0, 0.0
+        self.published_description = self.description
 
     def handle(self, event: dict[str, Any]) -> None:
-        kind = event.get("event")
+        kind, stage = event.get("event"), event.get("stage")
+        if stage in STAGE_LABELS:
+            self.description = f"Job {self.job_id}: {STAGE_LABELS[stage]}"
+        force = False
         if kind == "epoch":
             self.epochs.append({key: event.get(key) for key in ("epoch", "loss", "val_score", "seconds")})
-            self.set_percent(TRAINING_SHARE * event["epoch"] / event["of"])
+            self.move_to(TRAINING_SHARE * event["epoch"] / event["of"])
             if time.monotonic() - self.epochs_published_at >= EPOCH_TABLE_UPDATE_SECONDS:
                 self.publish_epochs()
+        elif kind == "stage" and stage in TRAINING_STAGE_SPANS:
+            start, end = TRAINING_STAGE_SPANS[stage]
+            self.move_to(TRAINING_SHARE * (start + (end - start) * event["done"] / max(1, event["of"])))
         elif kind == "trained":
             self.publish_epochs()
-            self.set_percent(TRAINING_SHARE if self.trains else 0.0, force=True)
+            self.move_to(TRAINING_SHARE if self.trains else 0.0)
+            force = True
         elif kind == "inference":
             start = TRAINING_SHARE if self.trains else 0.0
-            self.set_percent(start + (1 - start) * event["done"] / max(1, event["of"]))
+            self.move_to(start + (1 - start) * event["done"] / max(1, event["of"]))
         elif kind == "finished":
-            self.metrics = {key: value for key, value in event.items() if key not in ("event", "result_uri", "seconds")}
+            not_metrics = ("event", "stage", "result_uri", "seconds")
+            self.metrics = {key: value for key, value in event.items() if key not in not_metrics}
+        self.publish(force)
 
-    def set_percent(self, fraction: float, force: bool = False) -> None:
-        self.percent = 100 * fraction
+    def move_to(self, fraction: float) -> None:
+        """The bar never goes back: a stage that starts at its own beginning leaves it where it is."""
+        self.percent = max(self.percent, 100 * fraction)
+
+    def publish(self, force: bool = False) -> None:
+        """At most once a second, unless forced or the stage changed, which a UI should see at once."""
         now = time.monotonic()
-        if force or now - self.updated_at >= PROGRESS_UPDATE_SECONDS:
-            update_progress_artifact(self.artifact_id, progress=self.percent)
-            self.updated_at = now
+        changed = self.description != self.published_description
+        if force or changed or now - self.updated_at >= PROGRESS_UPDATE_SECONDS:
+            update_progress_artifact(self.artifact_id, progress=self.percent, description=self.description)
+            self.updated_at, self.published_description = now, self.description
 
     def publish_epochs(self) -> None:
         if self.epochs:
             create_table_artifact(
                 key=epochs_artifact_key(self.job_id),
                 table=self.epochs,
-                description=f"Training of job {self.job_id}: loss and validation mean IoU per epoch",
+                description=f"Training of job {self.job_id}: loss and held-out mean IoU per epoch",
             )
             self.epochs_published_at = time.monotonic()
 
     def close(self) -> None:
-        update_progress_artifact(self.artifact_id, progress=self.percent)
+        update_progress_artifact(self.artifact_id, progress=self.percent, description=self.description)
 
 
 def epochs_artifact_key(job_id: str) -> str:

@@ -104,6 +104,10 @@ function shortcut(event) {
   return null;
 }
 
+function movesThroughSlices(event) {
+  return event.key in SLICE_STEPS || event.key === "Home" || event.key === "End";
+}
+
 function stepSlices(step) {
   if (viewerState.index === null) {
     return;
@@ -129,7 +133,9 @@ window.addEventListener("keydown", function (event) {
   event.preventDefault();
   event.stopPropagation();
   keysTaken.add(event.code);
-  tellDash();
+  if (!movesThroughSlices(event)) {
+    tellDash();  // Dash must know the slice before a callback that reads it; a slice step tells it itself, later
+  }
   action();
 }, true);
 

@@ -15,10 +15,10 @@ def layout() -> html.Div:
         className="panel results",
         children=[
             html.H2("Result"),
-            html.Div(id="result-details", className="details", children=html.P("Select a finished job to overlay its labels.")),
-            dcc.Checklist(id="result-classes", className="classes", options=[], value=[]),
+            dcc.Checklist(id="result-classes", className="classes", options=[], value=[], inline=True),
             html.Label("Opacity", htmlFor="result-opacity"),
             dcc.Slider(id="result-opacity", min=0, max=1, step=0.05, value=0.6, marks=None, tooltip={"placement": "bottom"}),
+            html.Div(id="result-details", className="details", children=html.P("Select a finished job to overlay its labels.")),
             dcc.Store(id="shown-result"),
         ],
     )
@@ -70,6 +70,15 @@ def nothing_shown(shown: dict | None, message: str) -> tuple:
 
 
 def details(description: ResultDescription) -> list[Any]:
+    """One line a user reads at a glance (model, score, extent), the rest folded away."""
+    score = description.metrics.get("held_out_mean_iou")
+    summary = " · ".join(
+        part for part in (
+            description.model,
+            f"held-out mean IoU {score:.3f}" if isinstance(score, (int, float)) else None,
+            f"{len(description.slices)} slice{'s' if len(description.slices) != 1 else ''}",
+        ) if part
+    )
     rows: list[tuple[str, Any]] = [
         ("job", description.job_id),
         ("status", description.status),
@@ -88,7 +97,7 @@ def details(description: ResultDescription) -> list[Any]:
     if description.parameters:
         parameters = ", ".join(f"{name}={value}" for name, value in description.parameters.items() if name != "name")
         items += [html.Dt("parameters"), html.Dd(parameters, className="parameters")]
-    return [html.Dl(items)]
+    return [html.P(summary), html.Details([html.Summary("Details"), html.Dl(items)])]
 
 
 def _number(value: Any) -> Any:

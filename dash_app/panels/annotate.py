@@ -236,7 +236,10 @@ def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClien
         ]
         hidden = {option["value"] for option in listed or []} - set(visible or [])
         toggles = [{"label": "show", "value": class_id, "title": f"show {current['classes'][str(class_id)]['label']}"} for class_id in ids]
-        return options, active if active in ids else ids[0], toggles, [class_id for class_id in ids if class_id not in hidden]
+        # The chosen class is written only when it is gone: a key pressed while a save was on
+        # its way would otherwise be overwritten by the class chosen when the save began.
+        chosen = no_update if active in ids else ids[0]
+        return options, chosen, toggles, [class_id for class_id in ids if class_id not in hidden]
 
     @app.callback(
         Output("class-name", "value"), Output("class-colour", "value"),

@@ -8,7 +8,7 @@ import pytest
 
 from dash_app.annotations import Annotations, ClassInfo
 from dash_app.model_form import MODELS, form_fields, parameters_from_form, render
-from dash_app.panels.annotate import with_class_changed, with_new_class, with_strokes, without_class
+from dash_app.panels.annotate import moved_in_history, with_class_changed, with_new_class, with_strokes, without_class
 from dash_app.panels.jobs import job_name_for
 from flows.segmentation import JOB_NAME_PATTERN
 
@@ -97,3 +97,16 @@ def test_classes_are_added_renamed_recoloured_and_deleted_with_their_strokes():
 def test_job_names_from_any_scan_key_fit_the_flows_pattern(scan, expected):
     assert job_name_for(scan) == expected
     assert re.fullmatch(JOB_NAME_PATTERN, job_name_for(scan))
+
+
+def test_undo_and_redo_walk_the_history_both_ways():
+    first, second, third = ({"step": number} for number in (1, 2, 3))
+    history = {"past": [first, second], "future": []}
+    shown, history = moved_in_history(history, third, "undo")
+    assert shown == second and history == {"past": [first], "future": [third]}
+    shown, history = moved_in_history(history, shown, "undo")
+    assert shown == first and history == {"past": [], "future": [third, second]}
+    with pytest.raises(LookupError, match="Nothing to undo"):
+        moved_in_history(history, shown, "undo")
+    shown, history = moved_in_history(history, shown, "redo")
+    assert shown == second and history == {"past": [first], "future": [third]}

@@ -1,6 +1,7 @@
-"""The scientist's whole loop in headless Chromium on `mlex-tomo up`: log in, paint, Train, follow, overlay.
+"""The scientist's loop behind a login in headless Chromium on `mlex-tomo up`: log in, paint, Train, follow, overlay.
 
 Real Tiled, Prefect server and worker; the segmentation job runs as a local process.
+Cancelling and failing jobs are walked in tests/test_user_journey.py.
 """
 
 from __future__ import annotations
@@ -135,42 +136,3 @@ def test_paint_train_follow_the_job_and_overlay_its_labels(page, stack):
 
 def job_run_id(page: Page) -> str:
     return page.locator("#job-list .job").first.get_by_role("link", name="Prefect").get_attribute("href").rsplit("/", 1)[1]
-
-
-def test_a_failing_job_says_what_went_wrong(page):
-    pick_scan(page, SCAN)
-    expect(page.locator("#annotation-status")).to_have_text("Loaded 4 strokes on 2 slices.")  # Train needs them
-    expect(page.locator("#job-list")).to_contain_text("Completed")
-    choose_model(page, "TUNet")
-    set_field(page, "num epochs", "1")
-    set_field(page, "weights", "1, 2, 3")  # the mask has two classes
-    expect(page.locator("#model-errors")).to_be_empty()
-    page.click("#train")
-    notification = page.locator("#notification-list .toast")
-    expect(notification).to_contain_text("failed", timeout=JOB_MILLISECONDS)
-    expect(notification).to_contain_text("model.weights: 3 weights given, the mask has 2 classes")
-    expect(page.locator("#job-list .job").first.locator(".state")).to_have_text("Failed")
-    SCREENSHOTS.mkdir(exist_ok=True)
-    page.screenshot(path=SCREENSHOTS / "failed-job.png")
-    notification.get_by_role("button", name="Dismiss").click()
-    expect(notification).to_have_count(0)
-
-
-def test_a_running_job_is_cancelled_from_its_card(page):
-    pick_scan(page, SCAN)
-    expect(page.locator("#annotation-status")).to_have_text("Loaded 4 strokes on 2 slices.")
-    expect(page.locator("#job-list")).to_contain_text("Completed")
-    choose_model(page, "TUNet")
-    set_field(page, "depth", "2")
-    set_field(page, "base channels", "4")
-    set_field(page, "num epochs", "10000")
-    set_field(page, "patches per epoch", "32")
-    set_field(page, "early stopping patience", "10000")
-    page.click("#train")
-    job = page.locator("#job-list .job").first
-    expect(job.locator(".state")).to_have_text("Running", timeout=JOB_MILLISECONDS)
-    expect(job).to_contain_text("epoch", timeout=JOB_MILLISECONDS)  # training, with its loss on the card
-    expect(page.locator("#loss-plot")).to_be_visible()
-    job.get_by_role("button", name="Cancel").click()
-    expect(job.locator(".state")).to_have_text("Cancelled", timeout=JOB_MILLISECONDS)
-    expect(job.get_by_role("button", name="Cancel")).to_have_count(0)

@@ -99,6 +99,14 @@ def with_strokes(annotations: Annotations, pending: list[dict[str, Any]], applie
     return updated, max(entry["seq"] for entry in fresh), refused
 
 
+def moved_in_history(history: dict[str, list], current: dict, step: str) -> tuple[dict, dict[str, list]]:
+    """(the state to show, the history after it) for an `undo` or a `redo` from `current`."""
+    source, target = ("past", "future") if step == "undo" else ("future", "past")
+    if not history[source]:
+        raise LookupError(f"Nothing to {step}.")
+    return history[source][-1], {source: history[source][:-1], target: [*history[target], current]}
+
+
 def with_new_class(annotations: Annotations, name: str | None, colour: str | None) -> Annotations:
     """A new class; a colour already taken (the form starts with the chosen class's) gives way to a free one."""
     updated = annotations.model_copy(deep=True)
@@ -194,11 +202,11 @@ def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClien
             history = {"past": [*history["past"], current][-HISTORY_LIMIT:], "future": []}
             current = painted.model_dump(mode="json")
         if trigger in ("undo", "redo"):
-            source, target = ("past", "future") if trigger == "undo" else ("future", "past")
-            if not history[source]:
-                return no_update, no_update, no_update, no_update, f"Nothing to {trigger}."
-            updated = Annotations.model_validate(history[source][-1])
-            history = {source: history[source][:-1], target: [*history[target], current]}
+            try:
+                restored, history = moved_in_history(history, current, trigger)
+            except LookupError as error:
+                return no_update, no_update, no_update, no_update, str(error)
+            updated = Annotations.model_validate(restored)
         elif trigger in ("add-class", "update-class", "delete-class"):
             change = {"add-class": lambda: with_new_class(painted, name, colour),
                       "update-class": lambda: with_class_changed(painted, class_id, name, colour),

@@ -48,6 +48,7 @@ def create_app(settings: StackSettings) -> Dash:
             ),
             jobs.notifications_layout(),
             dcc.Store(id="display-defaults"),
+            dcc.Location(id="address", refresh=False),  # the view, written by assets/view_address.js
         ],
     )
     scans.register_callbacks(app, library)

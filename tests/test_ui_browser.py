@@ -161,3 +161,107 @@ def test_zooming_in_asks_for_a_finer_image(page, services):
     page.mouse.move(box["x"] + box["width"] / 2 + 40, box["y"] + box["height"] / 2 + 20, steps=4)
     expect(slice_image).to_have_attribute("href", re.compile(r"/z/0\.jpeg"))  # Plotly redraws images while panning
     page.mouse.up()
+
+
+def test_arrow_keys_on_a_slider_handle_move_that_slider_and_not_the_slice(page):
+    pick_scan(page, "sample (64 x 64 x 64, float32)")
+    expect(page.locator("#slice-label")).to_have_text("z = 32 / 63")
+    handle = page.locator("#label-opacity [role=slider]")
+    handle.focus()
+    page.keyboard.press("ArrowRight")
+    expect(handle).to_have_attribute("aria-valuenow", "0.55")
+    page.wait_for_timeout(500)
+    expect(page.locator("#slice-label")).to_have_text("z = 32 / 63")
+
+
+def test_a_stroke_waits_for_the_slice_on_screen(page, services):
+    """While Tiled stalls, the label moves on but the image does not: a stroke must not land on the slice asked for."""
+    write_scan(services.tiled(writable=True), "stalled", "2026-11-23T02:00:00+00:00")
+    page.reload()
+    pick_scan(page, "stalled (64 x 64 x 64, float32)")
+    expect(page.locator("#slice-label")).to_have_text("z = 32 / 63")
+    held, stalling = [], [True]
+    page.route(re.compile(r"/slices/stalled/z/22\.jpeg"), lambda route: held.append(route) if stalling[0] else route.continue_())
+    page.keyboard.press("PageDown")
+    expect(page.locator("#slice-label")).to_have_text("z = 22 / 63")
+    expect(page.locator("#slice-view")).to_have_class(re.compile("loading"))
+    paint(page, (200, 200), (400, 260))
+    expect(page.locator("#annotation-status")).to_have_text("The slice is still loading: paint again once it shows.")
+
+    stalling[0] = False
+    for route in held:
+        route.continue_()
+    expect(page.locator("#slice-view")).not_to_have_class(re.compile("loading"))
+    paint(page, (220, 300), (420, 340))
+    expect(page.locator("#annotation-status")).to_have_text("1 stroke on 1 slice, saved.")
+    assert wait_for_overlay(page, lambda source: source is not None).endswith("/22.png")
+
+
+def test_the_window_markers_follow_the_handles_and_a_typed_value_applies_on_enter(page):
+    pick_scan(page, "sample (64 x 64 x 64, float32)")
+    low_box = page.locator("#window input[type=number]").first
+    expect(low_box).not_to_have_value("0")
+    handle = page.locator("#window [role=slider]").first
+    middle = (float(handle.get_attribute("aria-valuemin")) + float(handle.get_attribute("aria-valuemax"))) / 2
+    low_box.fill(f"{middle:.3f}")
+    low_box.press("Enter")
+    page.wait_for_function(  # applied, to the slider's step
+        "low => Math.abs(Number(document.querySelector('#window [role=slider]').getAttribute('aria-valuenow')) - low) < 2e-3", arg=middle
+    )
+    page.wait_for_function(
+        "low => Math.abs(document.querySelector('#histogram .js-plotly-plot').layout.shapes[0].x0 - low) < 1e-3", arg=middle
+    )
+
+
+def contrast_ratio(foreground: str, background: str) -> float:
+    """WCAG's contrast ratio of two `rgb(...)` colours."""
+    def luminance(colour: str) -> float:
+        channels = [int(value) / 255 for value in re.findall(r"[\d.]+", colour)[:3]]
+        linear = [value / 12.92 if value <= 0.03928 else ((value + 0.055) / 1.055) ** 2.4 for value in channels]
+        return 0.2126 * linear[0] + 0.7152 * linear[1] + 0.0722 * linear[2]
+    lighter, darker = sorted((luminance(foreground), luminance(background)), reverse=True)
+    return (lighter + 0.05) / (darker + 0.05)
+
+
+def test_inputs_are_readable_and_nothing_offers_to_publish(page):
+    pick_scan(page, "sample (64 x 64 x 64, float32)")
+    page.locator("#model-form details").first.evaluate("section => { section.open = true; }")
+    for selector in ("#class-name", "#class-colour", "#window input[type=number]", "#model-form input[type=number]"):
+        field = page.locator(selector).first
+        colour, background = field.evaluate("element => [getComputedStyle(element).color, getComputedStyle(element).backgroundColor]")
+        if "rgba(0, 0, 0, 0)" in background:  # transparent: the field shows its container's background
+            background = field.evaluate("element => getComputedStyle(element.closest('.dash-input-container, .sidebar, .workspace')).backgroundColor")
+        assert contrast_ratio(colour, background) >= 4.5, (selector, colour, background)
+    page.locator("#slice-view").hover()
+    titles = page.locator("#slice-view .modebar-btn").evaluate_all("buttons => buttons.map(button => button.dataset.title)")
+    assert titles and not [title for title in titles if "Cloud" in title or "Chart Studio" in title or "share" in title.lower()]
+
+
+def test_segment_volume_without_a_scan_asks_for_one(page):
+    page.click("#segment-volume")
+    expect(page.locator("#job-start-status")).to_have_text("Pick a scan first.")
+
+
+def test_a_reload_returns_to_the_same_scan_axis_slice_and_zoom(page):
+    pick_scan(page, "sample (64 x 64 x 64, float32)")
+    page.locator("#axis").get_by_label("y", exact=True).check()
+    expect(page.locator("#slice-label")).to_have_text("y = 32 / 63")
+    page.keyboard.press("PageUp")
+    expect(page.locator("#slice-label")).to_have_text("y = 42 / 63")
+    page.wait_for_function("() => new URLSearchParams(location.search).get('slice') === '42'")
+    box = page.locator("#slice-view .nsewdrag").first.bounding_box()
+    page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
+    page.mouse.wheel(0, -300)
+    page.wait_for_function("() => new URLSearchParams(location.search).has('zoom')")
+    zoomed = page.evaluate("() => document.querySelector('#slice-view .js-plotly-plot').layout.xaxis.range")
+
+    page.reload()
+    expect(page.locator("#slice-label")).to_have_text("y = 42 / 63")
+    expect(page.locator("#scan")).to_contain_text("sample")
+    page.wait_for_function(
+        "zoomed => { const range = document.querySelector('#slice-view .js-plotly-plot').layout.xaxis.range;"
+        " return Math.abs(range[0] - zoomed[0]) < 0.2 && Math.abs(range[1] - zoomed[1]) < 0.2; }",
+        arg=zoomed,
+    )
+
+

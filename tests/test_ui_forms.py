@@ -8,6 +8,7 @@ import pytest
 
 from dash_app.annotations import Annotations, ClassInfo
 from dash_app.model_form import MODELS, form_fields, parameters_from_form, render
+from dash_app.address import AddressedView, view_from_address
 from dash_app.panels.annotate import moved_in_history, with_class_changed, with_new_class, with_strokes, without_class
 from dash_app.panels.jobs import job_name_for
 from flows.segmentation import JOB_NAME_PATTERN
@@ -110,3 +111,18 @@ def test_undo_and_redo_walk_the_history_both_ways():
         moved_in_history(history, shown, "undo")
     shown, history = moved_in_history(history, shown, "redo")
     assert shown == second and history == {"past": [first], "future": [third]}
+
+
+@pytest.mark.parametrize(
+    ("search", "expected"),
+    [
+        ("?scan=rock&axis=y&slice=12&zoom=1.0,20.0,30.0,2.0", AddressedView(scan="rock", axis="y", slice=12)),
+        ("?scan=rock", AddressedView(scan="rock")),
+        ("", None),
+        ("?axis=y", None),
+        ("?scan=rock&axis=w", None),  # hand-edited: the default view, not an error page
+        ("?scan=rock&slice=-4", None),
+    ],
+)
+def test_the_address_names_a_view_or_none(search, expected):
+    assert view_from_address(search) == expected

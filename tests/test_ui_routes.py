@@ -272,3 +272,14 @@ def test_the_web_app_imports_neither_dask_nor_pandas_nor_xarray():
     )
     imported = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout.split()
     assert imported == []
+
+
+@pytest.mark.stack
+def test_a_scan_removed_from_tiled_is_not_found_and_not_a_server_error(client, services):
+    writer = services.tiled(writable=True)
+    writer["recons"].create_container("doomed").write_array(VOLUME, key="data")
+    assert client.get("/slices/doomed/z/0.png").status_code == 200  # the app now knows the scan
+    writer["recons"]["doomed"].delete(recursive=True, external_only=False)
+    response = client.get("/slices/doomed/z/3.png")
+    assert response.status_code == 404
+    assert "removed from Tiled" in response.get_json()["error"]

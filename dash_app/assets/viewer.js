@@ -1,6 +1,6 @@
 // Builds the slice figure in the browser around an image URL, and moves through slices with
 // the slider and keys without waiting for Dash (see showSlice).
-const viewerState = { index: null, last: 0, view: null, frame: null, inputs: null };  // the slice, view, figure (less image URLs) and callback inputs, as last drawn
+const viewerState = { index: null, last: 0, view: null, frame: null, inputs: null, ranges: null };  // the slice, view, figure (less image URLs), callback inputs and visible ranges, as last drawn
 
 window.dash_clientside = Object.assign({}, window.dash_clientside, {
   mlexTomo: {
@@ -14,6 +14,7 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       const drawing = sliceDrawing(inputs);
       viewerState.inputs = inputs;
       showOnSlider(drawing);
+      rememberView();
       // A change of slice or window changes only the images' URLs: they are swapped in the
       // figure as drawn, which costs no Plotly redraw (half the time of a step through the
       // slices in software-rendered Chromium). While a dragged slider waits for its slice,
@@ -66,6 +67,7 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       const onScreen = sliceOnScreen(`${defaults.scan}/${axis}`);
       if (onScreen === null) {
         say("The slice is still loading: paint again once it shows.");
+        redrawNow();  // drops the refused shape; Plotly's redraw for it showed the figure Dash last sent
         return window.dash_clientside.no_update;
       }
       const stroke = strokeFromShape(shapes[shapes.length - 1], tool, activeClass, brushSize);
@@ -94,6 +96,7 @@ function sliceDrawing(inputs) {
   const scan = encodeURIComponent(defaults.scan);
   const graph = document.getElementById("slice-view");
   const [xRange, yRange] = currentView(view, width, height);
+  viewerState.ranges = [xRange, yRange];
   const maxSize = imageSize(graph, width, height, xRange, yRange);
   // Plotly keys the images of a layer by their position and size, and draws only one of
   // those that share a key: the result and the labels above it differ by a millionth of a
@@ -178,6 +181,17 @@ function showSlice(index) {
   }
 }
 
+// The figure as it should be now, drawn at once: Dash's copy of the figure has the image
+// URLs it last sent, not the ones swapped in place since.
+function redrawNow() {
+  if (!viewerState.inputs) {
+    return;
+  }
+  const drawing = sliceDrawing(viewerState.inputs);
+  viewerState.frame = drawing.frame;
+  globalThis.dash_clientside.set_props("slice-view", { figure: drawing.figure });
+}
+
 function drawnInPlace(drawing) {
   return drawing.frame === viewerState.frame && swapImageSources(drawing.sources);
 }
@@ -189,6 +203,7 @@ function tellDash() {
   if (pending) {
     globalThis.dash_clientside.set_props("slice-index", { data: pending.index });
   }
+  rememberView();
 }
 
 // The slice to draw: the one Dash sends, unless the user has since stepped on in the same view.
@@ -352,8 +367,12 @@ document.addEventListener("error", sliceImageDone, true);
 // because Plotly's uirevision did not keep a zoom across redraws of this figure.
 function currentView(view, width, height) {
   const plot = document.querySelector("#slice-view .js-plotly-plot");
-  const zoomed = viewerState.view === view && plot && plot.layout && plot.layout.xaxis && plot.layout.xaxis.range;
+  const firstDraw = viewerState.view !== view;
+  const zoomed = !firstDraw && plot && plot.layout && plot.layout.xaxis && plot.layout.xaxis.range;
   viewerState.view = view;
+  if (firstDraw) {
+    return zoomFromAddress(view) || [[0, width], [height, 0]];  // a reload or a shared link keeps its zoom
+  }
   if (!zoomed) {
     return [[0, width], [height, 0]];
   }
@@ -376,12 +395,15 @@ function imageSize(graph, width, height, xRange, yRange) {
 }
 
 
-// The slice index whose image is on screen in this view, or null while it is still loading.
+// The slice index whose image is on screen in this view, or null while another slice is
+// loading (the label has moved on; the image has not). A sharper copy of the same slice
+// loading over it does not count.
 function sliceOnScreen(view) {
-  if (sliceLoads.view !== view || sliceLoads.loading !== null || !sliceLoads.shown) {
+  const shown = sliceLoads.shown;
+  if (sliceLoads.view !== view || !shown || (sliceLoads.loading !== null && sliceLoads.loading.index !== shown.index)) {
     return null;
   }
-  return sliceLoads.shown.index;
+  return shown.index;
 }
 
 // A slice that takes more than a moment to load is marked as loading (a badge on the view).

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dash import Dash, Input, Output, State, dcc, html, no_update
 
+from dash_app.address import view_from_address
 from dash_app.volumes import ScanLibrary, ScanSummary
 from mlex_tomo.settings import StackSettings
 
@@ -41,6 +42,17 @@ def register_callbacks(app: Dash, library: ScanLibrary) -> None:
             # Kept, so the selection (and what is painted on it) does not silently disappear.
             options.append({"label": f"{chosen} (removed from Tiled)", "value": chosen, "search": chosen, "disabled": True})
         return no_update if options == shown else options  # an open list must not be redrawn under the pointer
+
+    @app.callback(
+        Output("scan", "value"), Output("axis", "value"),
+        Input("scan", "options"), State("address", "search"), State("scan", "value"),
+    )
+    def open_from_address(options: list[dict] | None, search: str | None, chosen: str | None):
+        """A reload or a shared link opens the scan and axis its address names, once the scan is listed."""
+        wanted = view_from_address(search)
+        if chosen is not None or wanted is None or all(entry["value"] != wanted.scan for entry in options or []):
+            return no_update, no_update
+        return wanted.scan, wanted.axis
 
     @app.callback(Output("scan-details", "children"), Input("scan", "value"), Input("scan", "options"))
     def describe(scan: str | None, options: list[dict] | None) -> list:

@@ -13,6 +13,7 @@ from typing import Any
 import plotly.graph_objects as go
 from dash import ClientsideFunction, Dash, Input, Output, State, dcc, html, no_update
 
+from dash_app.address import view_from_address
 from dash_app.volumes import AXES, ScanLibrary, ScanNotFound, UnreadableScan
 
 
@@ -106,9 +107,18 @@ def register_callbacks(app: Dash, library: ScanLibrary) -> None:
         span = defaults["maximum"] - defaults["minimum"] or 1.0
         return defaults["minimum"], defaults["maximum"], [defaults["low"], defaults["high"]], span / 1000, histogram_figure(defaults)
 
-    @app.callback(Output("slice-index", "data"), Input("display-defaults", "data"), Input("axis", "value"))
-    def middle_slice(defaults: dict | None, axis: str) -> int:
-        return 0 if defaults is None else defaults["shape"][AXES.index(axis)] // 2
+    @app.callback(
+        Output("slice-index", "data"), Input("display-defaults", "data"), Input("axis", "value"), State("address", "search"),
+    )
+    def first_slice(defaults: dict | None, axis: str, search: str | None) -> int:
+        """The slice the page's address names for this scan and axis (a reload, a shared link), else the middle one."""
+        if defaults is None:
+            return 0
+        extent = defaults["shape"][AXES.index(axis)]
+        wanted = view_from_address(search)
+        if wanted and wanted.scan == defaults["scan"] and wanted.axis == axis and wanted.slice is not None and wanted.slice < extent:
+            return wanted.slice
+        return extent // 2
 
     app.clientside_callback(
         ClientsideFunction(namespace="mlexTomo", function_name="sliceFigure"),

@@ -265,3 +265,16 @@ def test_a_reload_returns_to_the_same_scan_axis_slice_and_zoom(page):
     )
 
 
+
+
+def test_an_invalid_model_field_is_marked_where_it_is(page):
+    page.locator("#model-form details").first.evaluate("section => { section.open = true; }")
+    field = page.locator("#model-form").get_by_label("n estimators")
+    field.fill("0")
+    field.press("Enter")
+    expect(page.locator("#model-errors")).to_contain_text("n_estimators")
+    expect(page.locator("#model-form .invalid")).to_have_count(1)
+    expect(page.locator("#train")).to_be_disabled()
+    field.fill("20")
+    field.press("Enter")
+    expect(page.locator("#model-form .invalid")).to_have_count(0)

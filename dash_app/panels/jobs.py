@@ -79,15 +79,18 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
 
     @app.callback(
         Output("model-errors", "children"), Output("train", "disabled"),
+        Output({"type": model_form.FIELD_ID, "name": ALL}, "className"),
         Input({"type": model_form.FIELD_ID, "name": ALL}, "value"),
         State({"type": model_form.FIELD_ID, "name": ALL}, "id"), State("model-name", "value"),
     )
     def validate(values: list[Any], ids: list[dict], model_name: str):
+        """The errors listed under the form, and each field at fault marked where it is."""
         names = [control["name"] for control in ids]
         if set(names) != {field.name for field in model_form.form_fields(model_name)}:
-            return no_update, no_update  # the form of another model is still on screen
+            return no_update, no_update, [no_update] * len(names)  # the form of another model is still on screen
         parameters, errors = model_form.parameters_from_form(model_name, names, values)
-        return [html.Li(error) for error in errors], parameters is None
+        at_fault = {error.split(":", 1)[0].split(".", 1)[0] for error in errors}
+        return [html.Li(error) for error in errors], parameters is None, ["invalid" if name in at_fault else "" for name in names]
 
     @app.callback(
         Output("job-start-status", "children"), Output("selected-run", "data"),

@@ -246,7 +246,7 @@ def web_app_problems(settings: StackSettings, url: str, record: LoopRecord) -> l
     expected = {
         "/healthz": "",  # any content: a 200 says it is up
         f"/slices/{record.scan}/z/{middle}.jpeg": "image/jpeg",
-        f"/results/{record.scan}/{record.job_ids.get('infer', 'none')}/{middle}.png": "image/png",
+        f"/results/{record.scan}/{record.job_ids.get('infer', 'none')}/z/{middle}.png": "image/png",
     }
     problems = []
     with httpx.Client(base_url=url.rstrip("/"), auth=auth, timeout=60) as client:

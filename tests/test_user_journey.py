@@ -74,7 +74,7 @@ def pick_the_sample(page: Page) -> None:
 
 
 def overlay_pixels(page: Page, url: str) -> np.ndarray:
-    response = page.request.get(page.url.rstrip("/") + url)
+    response = page.request.get(page.evaluate("location.origin") + url)  # the page's address carries the view
     assert response.status == 200, url
     return np.asarray(Image.open(io.BytesIO(response.body())))
 

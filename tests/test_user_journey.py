@@ -152,12 +152,14 @@ def test_4_segment_the_volume_and_read_its_labels_on_another_slice_and_axis(page
 def choose_model(page: Page, name: str) -> None:
     page.click("#model-name")
     page.get_by_role("option", name=name, exact=True).click()
+    expect(page.locator("#model-name")).to_contain_text(name)
+    page.wait_for_timeout(500)  # the form of the model chosen replaces the one on screen
 
 
 def set_field(page: Page, label: str, value: str) -> None:
     """Type into a field of the model form, opening the folded sections it is in."""
     field = page.locator("#model-form").get_by_label(label).first
-    field.evaluate("element => { for (let section = element.closest('details'); section; section = section.parentElement.closest('details')) { section.open = true; } }")
+    field.evaluate("element => { for (let section = element.closest('details'); section; section = section.parentElement && section.parentElement.closest('details')) { section.open = true; } }")
     field.fill(value)
     field.press("Enter")
 

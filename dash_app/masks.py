@@ -29,16 +29,17 @@ def save_annotations(tiled: TiledHttpClient, annotations: Annotations, data_uri:
     recorded too, classes included, so a reload shows it empty.
     """
     mask_idx, labels, classes = to_mask(annotations)
+    mask_id = annotations.mask_id() if mask_idx else None
     path = None
-    if mask_idx:
+    if mask_id is not None:
         path = write_mask(
             tiled, annotations.scan, mask_idx, labels, classes, data_uri, created_by,
-            mask_id=annotations.mask_id(), extra_metadata={"annotations": annotations.model_dump(mode="json")},
+            mask_id=mask_id, extra_metadata={"annotations": annotations.model_dump(mode="json")},
         )
     elif not tiled.exists(f"{MASKS}/{annotations.scan}"):
         tiled.create_container(MASKS, annotations.scan, {})
     current = {
-        "mask_id": path.split("/")[2] if path else None,
+        "mask_id": mask_id,
         "saved_at": datetime.now(timezone.utc).isoformat(),
         "saved_by": created_by,
         "annotations": None if path else annotations.model_dump(mode="json"),
@@ -89,7 +90,8 @@ class MaskOverlays:
         row_of, labels, colours = self._mask(scan, mask_id)
         if z not in row_of:
             return colour_labels(np.full(shape, UNLABELLED, np.int8), {})
-        return outline_labels(labels[row_of[z]], colour_labels(labels[row_of[z]], colours, hidden))
+        painted = labels[row_of[z]]
+        return outline_labels(painted, colour_labels(painted, colours, hidden))
 
     def _mask(self, scan: str, mask_id: str):
         key = (scan, mask_id)

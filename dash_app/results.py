@@ -15,7 +15,7 @@ from pydantic import BaseModel
 
 from dash_app.annotations import PALETTE, UNLABELLED
 from dash_app.imaging import colour_labels, rgb
-from dash_app.volumes import AXES
+from dash_app.volumes import slice_shape
 from mlex_tomo.tiled_http import Node, NodeNotFound, TiledHttpClient
 from mlex_tomo.tiled_layout import RESULTS
 
@@ -79,13 +79,12 @@ class ResultOverlays:
         yet, which would read as a whole slice of class 0.
         """
         description = self.describe(job_id)
-        plane_shape = tuple(extent for position, extent in enumerate(volume_shape) if position != AXES.index(axis))
-        nothing = colour_labels(np.full(plane_shape, UNLABELLED, np.int8), {})
+        plane_shape = slice_shape(volume_shape, axis)
         if description.status != COMPLETE or (axis == "z" and index not in description.slices):
-            return nothing, description.finished
+            return colour_labels(np.full(plane_shape, UNLABELLED, np.int8), {}), description.finished
         colours = {
-            int(index): rgb(info.get("color") or PALETTE[int(index) % len(PALETTE)])
-            for index, info in description.classes.items()
+            int(label): rgb(info.get("color") or PALETTE[int(label) % len(PALETTE)])
+            for label, info in description.classes.items()
         }
         if job_id not in self.labels:
             self.labels[job_id] = self.tiled.node(f"{RESULTS}/{job_id}/{RESULT_KEY}")  # its shape and dtype never change

@@ -167,9 +167,11 @@ class SegmentationRuns:
             job_ids = {}
         own = [artifact for artifact in artifacts if artifact.flow_run_id == run.id]  # newest first
         progress_artifact = next((artifact for artifact in own if artifact.type == "progress"), None)
-        progress = float(progress_artifact.data) if progress_artifact else None
-        # The flow writes the job's current stage into the description: "Job <job id>: <stage>".
-        stage = (progress_artifact.description or "").partition(": ")[2] or None if progress_artifact else None
+        progress, stage = None, None
+        if progress_artifact is not None:
+            progress = float(progress_artifact.data)
+            # The flow writes the job's current stage into the description: "Job <job id>: <stage>".
+            stage = (progress_artifact.description or "").partition(": ")[2] or None
         epochs = next((_table(artifact.data) for artifact in own if artifact.type == "table"), [])
         return RunSummary(
             id=str(run.id),

@@ -44,6 +44,24 @@ def pick_scan(page: Page, label: str) -> None:
     page.get_by_role("option", name=label).click()
 
 
+def choose_model(page: Page, name: str) -> None:
+    page.click("#model-name")
+    page.get_by_role("option", name=name, exact=True).click()
+    expect(page.locator("#model-name")).to_contain_text(name)
+    page.wait_for_timeout(500)  # the form of the model chosen replaces the one on screen
+
+
+def set_field(page: Page, label: str, value: str) -> None:
+    """Type into a field of the model form, opening the folded sections ("Parameters", "Training") it is in."""
+    field = page.locator("#model-form").get_by_label(label).first
+    field.evaluate(
+        "element => { for (let section = element.closest('details'); section;"
+        " section = section.parentElement && section.parentElement.closest('details')) { section.open = true; } }"
+    )
+    field.fill(value)
+    field.press("Enter")
+
+
 def paint(page: Page, start: tuple[int, int], end: tuple[int, int]) -> None:
     """Drag across the slice view, as a person paints, in screen pixels from its corner."""
     box = page.locator("#slice-view .nsewdrag").first.bounding_box()

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser import SCREENSHOTS, WAIT_MILLISECONDS, needs_chromium, paint, pick_scan, wait_for_overlay, write_scan
+from tests.browser import SCREENSHOTS, WAIT_MILLISECONDS, needs_chromium, paint, pick_scan, set_field, wait_for_overlay, write_scan
 from tests.services import Services
 
 pytestmark = [pytest.mark.stack, needs_chromium]
@@ -268,13 +268,10 @@ def test_a_reload_returns_to_the_same_scan_axis_slice_and_zoom(page):
 
 
 def test_an_invalid_model_field_is_marked_where_it_is(page):
-    page.locator("#model-form details").first.evaluate("section => { section.open = true; }")
-    field = page.locator("#model-form").get_by_label("n estimators")
-    field.fill("0")
-    field.press("Enter")
+    expect(page.locator("#train")).to_be_enabled()  # the form's first validation has answered
+    set_field(page, "n estimators", "0")
     expect(page.locator("#model-errors")).to_contain_text("n_estimators")
     expect(page.locator("#model-form .invalid")).to_have_count(1)
     expect(page.locator("#train")).to_be_disabled()
-    field.fill("20")
-    field.press("Enter")
+    set_field(page, "n estimators", "20")
     expect(page.locator("#model-form .invalid")).to_have_count(0)

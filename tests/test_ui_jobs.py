@@ -13,7 +13,7 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from mlex_tomo.tiled_layout import connect
-from tests.browser import SCREENSHOTS, WAIT_MILLISECONDS, needs_chromium, paint, pick_scan, wait_for_overlay, write_scan
+from tests.browser import SCREENSHOTS, WAIT_MILLISECONDS, needs_chromium, paint, pick_scan, set_field, wait_for_overlay, write_scan
 from tests.services import RunningStack
 
 pytestmark = [pytest.mark.stack, needs_chromium]
@@ -60,21 +60,6 @@ def test_the_app_asks_for_the_login_and_refuses_a_wrong_one(browser, stack):
             assert response.status == 401, path
             assert response.headers["www-authenticate"].startswith("Basic")
         context.close()
-
-
-def choose_model(page: Page, name: str) -> None:
-    page.click("#model-name")
-    page.get_by_role("option", name=name, exact=True).click()
-    expect(page.locator("#model-name")).to_contain_text(name)
-    page.wait_for_timeout(500)  # the form of the model chosen replaces the one on screen
-
-
-def set_field(page: Page, label: str, value: str) -> None:
-    """Type into a field of the model form, opening the folded sections ("Parameters", "Training") it is in."""
-    field = page.locator("#model-form").get_by_label(label).first
-    field.evaluate("element => { for (let section = element.closest('details'); section; section = section.parentElement && section.parentElement.closest('details')) { section.open = true; } }")
-    field.fill(value)
-    field.press("Enter")
 
 
 def paint_two_slices_in_two_classes(page: Page) -> None:

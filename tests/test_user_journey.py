@@ -19,7 +19,9 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
-from tests.browser import SCREENSHOTS, WAIT_MILLISECONDS, needs_chromium, overlay_source, paint, wait_for_overlay
+from tests.browser import (
+    SCREENSHOTS, WAIT_MILLISECONDS, choose_model, needs_chromium, overlay_source, paint, set_field, wait_for_overlay,
+)
 from tests.services import RunningStack
 
 pytestmark = [pytest.mark.stack, needs_chromium]
@@ -147,21 +149,6 @@ def test_4_segment_the_volume_and_read_its_labels_on_another_slice_and_axis(page
     assert overlay_pixels(page, across)[..., 3].mean() > 200
     page.screenshot(path=SCREENSHOTS / "segmented-y.png")
     page.locator("#axis").get_by_label("z", exact=True).check()
-
-
-def choose_model(page: Page, name: str) -> None:
-    page.click("#model-name")
-    page.get_by_role("option", name=name, exact=True).click()
-    expect(page.locator("#model-name")).to_contain_text(name)
-    page.wait_for_timeout(500)  # the form of the model chosen replaces the one on screen
-
-
-def set_field(page: Page, label: str, value: str) -> None:
-    """Type into a field of the model form, opening the folded sections it is in."""
-    field = page.locator("#model-form").get_by_label(label).first
-    field.evaluate("element => { for (let section = element.closest('details'); section; section = section.parentElement && section.parentElement.closest('details')) { section.open = true; } }")
-    field.fill(value)
-    field.press("Enter")
 
 
 def test_5_cancel_a_running_job(page):

@@ -84,17 +84,36 @@ def outline_labels(labels: NDArray[np.integer], overlay: NDArray[np.uint8], colo
     """The overlay with the rim of every shown labelled region drawn opaque in `colour`.
 
     Scribbles drawn over a prediction in the same class colour would vanish into it; a
-    rim keeps them visible over any layer, as ilastik's outlined labels are.
+    rim keeps them visible over any layer, as ilastik's outlined labels are. A region too
+    thin to have an inside (a stroke painted on a crossing slice is a line one voxel wide
+    here) keeps its colour: its rim would be all of it.
     """
     shown = overlay[..., 3] > 0
+    rim = _differs_from_a_neighbour(labels)
+    inside = shown & ~rim
+    outlined = overlay.copy()
+    outlined[shown & rim & _next_to(inside)] = (*colour, 255)
+    return outlined
+
+
+def _differs_from_a_neighbour(labels: NDArray[np.integer]) -> NDArray[np.bool_]:
     padded = np.pad(labels, 1, mode="edge")
     height, width = labels.shape
-    rim = np.zeros_like(shown)
+    differs = np.zeros(labels.shape, bool)
     for dy, dx in ((0, 1), (2, 1), (1, 0), (1, 2)):
-        rim |= padded[dy:dy + height, dx:dx + width] != labels
-    outlined = overlay.copy()
-    outlined[shown & rim] = (*colour, 255)
-    return outlined
+        differs |= padded[dy:dy + height, dx:dx + width] != labels
+    return differs
+
+
+def _next_to(mask: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """Pixels of `mask` and their eight neighbours."""
+    padded = np.pad(mask, 1)
+    height, width = mask.shape
+    near = np.zeros_like(mask)
+    for dy in range(3):
+        for dx in range(3):
+            near |= padded[dy:dy + height, dx:dx + width]
+    return near
 
 
 def rgb(colour: str) -> tuple[int, int, int]:

@@ -6,12 +6,11 @@ which mask is current: that is the annotation the app keeps editing after a relo
 
 from __future__ import annotations
 
+import threading
 from datetime import datetime, timezone
 from typing import Any
 
-import numpy as np
-
-from dash_app.annotations import UNLABELLED, Annotations, to_mask
+from dash_app.annotations import Annotations, Axis, to_mask
 from dash_app.imaging import colour_labels, outline_labels, rgb
 from mlex_tomo.tiled_http import NodeNotFound, TiledHttpClient
 from mlex_tomo.tiled_layout import MASK_KEY, MASKS, write_mask
@@ -79,30 +78,38 @@ def _newest_mask(tiled: TiledHttpClient, scan: str) -> tuple[str, Annotations] |
 
 
 class MaskOverlays:
-    """Coloured overlays of saved masks' slices; masks never change (content hash), so they are kept."""
+    """Coloured overlays of a saved mask's slices along any axis, drawn from its strokes.
+
+    Masks never change (their id is a content hash), so each one's annotations are read
+    from Tiled once and kept; a slice along y or x is drawn from the strokes that cross
+    it, without reading the mask's z slices.
+    """
 
     def __init__(self, tiled: TiledHttpClient, capacity: int = 64) -> None:
         self.tiled = tiled
         self.capacity = capacity
-        self.masks: dict[tuple[str, str], tuple[dict[int, int], Any, dict[int, tuple[int, int, int]]]] = {}
+        self.annotations: dict[tuple[str, str], Annotations] = {}
+        self.lock = threading.Lock()
 
-    def overlay(self, scan: str, mask_id: str, z: int, shape: tuple[int, int], hidden: set[int] = frozenset()) -> Any:
-        row_of, labels, colours = self._mask(scan, mask_id)
-        if z not in row_of:
-            return colour_labels(np.full(shape, UNLABELLED, np.int8), {})
-        painted = labels[row_of[z]]
+    def overlay(self, scan: str, mask_id: str, axis: Axis, index: int, volume_shape: tuple[int, int, int], hidden: set[int] = frozenset()) -> Any:
+        annotations = self._annotations(scan, mask_id).on_volume(volume_shape)
+        index_of = annotations.class_index()
+        colours = {index_of[class_id]: rgb(info.color) for class_id, info in annotations.classes.items()}
+        painted = annotations.plane(axis, index)
         return outline_labels(painted, colour_labels(painted, colours, hidden))
 
-    def _mask(self, scan: str, mask_id: str):
+    def _annotations(self, scan: str, mask_id: str) -> Annotations:
         key = (scan, mask_id)
-        if key not in self.masks:
-            try:
-                node = self.tiled.node(f"{MASKS}/{scan}/{mask_id}/{MASK_KEY}")
-            except NodeNotFound:
-                raise LookupError(f"no mask {mask_id!r} for scan {scan!r}") from None
-            row_of = {int(z): row for row, z in enumerate(node.metadata["mask_idx"])}
-            colours = {int(index): rgb(info["color"]) for index, info in node.metadata["classes"].items()}
-            if len(self.masks) >= self.capacity:
-                self.masks.pop(next(iter(self.masks)))
-            self.masks[key] = (row_of, self.tiled.read(node, compressed=True), colours)
-        return self.masks[key]
+        with self.lock:
+            if key in self.annotations:
+                return self.annotations[key]
+        try:
+            node = self.tiled.node(f"{MASKS}/{scan}/{mask_id}/{MASK_KEY}")
+        except NodeNotFound:
+            raise LookupError(f"no mask {mask_id!r} for scan {scan!r}") from None
+        annotations = Annotations.model_validate(node.metadata["annotations"])
+        with self.lock:
+            if len(self.annotations) >= self.capacity:
+                self.annotations.pop(next(iter(self.annotations)))
+            self.annotations[key] = annotations
+        return annotations

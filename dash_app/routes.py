@@ -6,6 +6,8 @@ figure JSON, so the browser caches them and Dash callbacks stay small.
 
 from __future__ import annotations
 
+import math
+
 from flask import Blueprint, Response, jsonify, request
 
 from dash_app.imaging import encode
@@ -21,13 +23,13 @@ IMAGE_CACHE_SECONDS = 3600  # a slice of a registered scan never changes
 def slice_routes(library: ScanLibrary, masks: MaskOverlays, results: ResultOverlays) -> Blueprint:
     routes = Blueprint("slices", __name__)
 
-    @routes.get("/masks/<scan>/<mask_id>/<int:z>.png")
-    def mask_overlay(scan: str, mask_id: str, z: int) -> Response:
-        """The painted labels of slice z in their classes' colours (less `hidden`), transparent elsewhere."""
+    @routes.get("/masks/<scan>/<mask_id>/<axis>/<int:index>.png")
+    def mask_overlay(scan: str, mask_id: str, axis: str, index: int) -> Response:
+        """The painted labels of one slice along any axis in their classes' colours (less `hidden`), transparent elsewhere."""
         try:
             shape = library.volume(scan).shape
-            check_slice(shape, "z", z)
-            image = masks.overlay(scan, mask_id, z, shape[1:], _hidden_classes())
+            check_slice(shape, axis, index)
+            image = masks.overlay(scan, mask_id, axis, index, shape, _hidden_classes())
         except (ScanNotFound, LookupError) as error:
             return _problem(404, str(error))
         except (InvalidSlice, ValueError) as error:
@@ -61,6 +63,17 @@ def slice_routes(library: ScanLibrary, masks: MaskOverlays, results: ResultOverl
         response = Response(body, mimetype=f"image/{image_format}")
         response.headers["Cache-Control"] = f"private, max-age={IMAGE_CACHE_SECONDS}"
         return response
+
+    @routes.get("/scans/<scan>/voxels/<int:z>/<int:y>/<int:x>")
+    def voxel_value(scan: str, z: int, y: int, x: int) -> Response:
+        """The value under the pointer; null when it is not a finite number (JSON has no NaN)."""
+        try:
+            value = library.voxel(scan, z, y, x)
+        except ScanNotFound as error:
+            return _problem(404, str(error))
+        except InvalidSlice as error:
+            return _problem(400, str(error))
+        return jsonify({"z": z, "y": y, "x": x, "value": value if math.isfinite(value) else None})
 
     @routes.get("/scans/<scan>/display")
     def display_defaults(scan: str) -> Response:

@@ -192,6 +192,16 @@ class ScanLibrary:
             body = self.images.get(key) or self._encode(key, pixels)  # a prefetch may have encoded it meanwhile
         return body
 
+    def voxel(self, scan: str, z: int, y: int, x: int) -> float:
+        """One voxel's value: from a full-resolution slice already held, else read alone from Tiled."""
+        shape = self.volume(scan).shape
+        for axis, index in zip(AXES, (z, y, x)):
+            check_slice(shape, axis, index)
+        held = self.cache.get((scan, "z", z, 1))
+        if held is not None:
+            return float(held[y, x])
+        return float(self._read_volume(scan, (slice(z, z + 1), slice(y, y + 1), slice(x, x + 1))).reshape(-1)[0])
+
     def _locate(self, scan: str, axis: Axis, index: int, max_size: int) -> tuple[tuple[int, ...], int]:
         """The volume's shape and the stride that fits the slice in `max_size`; refuses a slice outside it."""
         shape = self.volume(scan).shape

@@ -48,14 +48,22 @@ def test_form_errors_name_the_field():
 def annotations() -> Annotations:
     return Annotations(
         scan="scan",
-        slice_shape=(16, 16),
+        volume_shape=(10, 16, 16),
         classes={0: ClassInfo(label="pore", color="#e6194b"), 1: ClassInfo(label="grain", color="#3cb4e6")},
-        slices={3: [{"tool": "brush", "class_id": 0, "points": [(1, 1)]}, {"tool": "brush", "class_id": 1, "points": [(5, 5)]}]},
+        strokes=[
+            {"index": 3, "tool": "brush", "class_id": 0, "points": [(1, 1)]},
+            {"index": 3, "tool": "brush", "class_id": 1, "points": [(5, 5)]},
+        ],
     )
 
 
-def pending(seq: int, class_id: int | None = 0, scan: str = "scan", tool: str = "brush", points=((2, 2),)) -> dict:
-    return {"seq": seq, "scan": scan, "z": 7, "stroke": {"tool": tool, "class_id": class_id, "points": list(points), "width": 3}}
+def pending(seq: int, class_id: int | None = 0, scan: str = "scan", tool: str = "brush", points=((2, 2),), axis="z", index=7) -> dict:
+    stroke = {"tool": tool, "class_id": class_id, "points": list(points), "width": 3}
+    return {"seq": seq, "scan": scan, "axis": axis, "index": index, "stroke": stroke}
+
+
+def on(annotations: Annotations, axis: str, index: int) -> list:
+    return [stroke for stroke in annotations.strokes if stroke.plane == (axis, index)]
 
 
 def test_strokes_painted_while_a_save_was_on_its_way_are_all_applied_once():
@@ -63,18 +71,21 @@ def test_strokes_painted_while_a_save_was_on_its_way_are_all_applied_once():
     queue = [pending(1), pending(2, class_id=1)]
     updated, applied, refused = with_strokes(start, queue, applied=0)
     assert (applied, refused) == (2, [])
-    assert [stroke.class_id for stroke in updated.slices[7]] == [0, 1]
-    again, applied_again, _ = with_strokes(updated, [*queue, pending(3)], applied=2)
-    assert applied_again == 3 and len(again.slices[7]) == 3
+    assert [stroke.class_id for stroke in on(updated, "z", 7)] == [0, 1]
+    again, applied_again, _ = with_strokes(updated, [*queue, pending(3, axis="x", index=15)], applied=2)
+    assert applied_again == 3 and len(on(again, "z", 7)) == 2 and len(on(again, "x", 15)) == 1
     other_scan, applied_other, _ = with_strokes(start, [pending(4, scan="other")], applied=3)
     assert other_scan == start and applied_other == 3
 
 
 def test_a_bad_stroke_is_refused_with_its_reason_and_the_rest_are_kept():
-    updated, applied, refused = with_strokes(annotations(), [pending(1, tool="polygon"), pending(2), pending(3, class_id=9)], 0)
-    assert applied == 3 and len(updated.slices[7]) == 1
+    queue = [pending(1, tool="polygon"), pending(2), pending(3, class_id=9), pending(4, axis="y", index=16), pending(5, axis="w")]
+    updated, applied, refused = with_strokes(annotations(), queue, 0)
+    assert applied == 5 and len(on(updated, "z", 7)) == 1
     assert "a polygon needs at least 3 points" in refused[0]
     assert refused[1] == "class 9 no longer exists"
+    assert refused[2] == "y = 16 is outside the scan (0..15)"
+    assert "Input should be 'z', 'y' or 'x'" in refused[3]
 
 
 def test_classes_are_added_renamed_recoloured_and_deleted_with_their_strokes():
@@ -85,7 +96,7 @@ def test_classes_are_added_renamed_recoloured_and_deleted_with_their_strokes():
     assert renamed.classes[2] == ClassInfo(label="fissure", color="#00ff00")
     removed = without_class(renamed, 0)
     assert set(removed.classes) == {1, 2}
-    assert [stroke.class_id for stroke in removed.slices[3]] == [1]
+    assert [stroke.class_id for stroke in on(removed, "z", 3)] == [1]
     with pytest.raises(ValueError, match="Name the class first"):
         with_new_class(start, "  ", None)
     with pytest.raises(ValueError, match="A colour looks like #1f77b4"):

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from dash_app.annotations import Annotations, ClassInfo, Stroke
 from dash_app.app import create_app
+from dash_app.masks import save_annotations
 from dash_app.imaging import colour_labels, display_range, downsample, outline_labels, to_display
 from dash_app.volumes import FIRST_SLAB, PREFETCH_SLAB, READ_AHEAD, Rendering, ScanLibrary
 from mlex_tomo.settings import load_settings
@@ -116,12 +118,59 @@ def test_display_defaults_come_from_percentiles_of_a_sample(client):
         ("/results/scan/labels-job/z/9.png", 400, "z index 9 is outside 0..5"),
         ("/results/scan/labels-job/w/0.png", 400, "axis must be one of z, y, x"),
         ("/results/scan/labels-job/z/0.png?hidden=one", 400, "hidden must be comma-separated class numbers"),
+        ("/masks/scan/no-such-mask/y/0.png", 404, "no mask 'no-such-mask' for scan 'scan'"),
+        ("/masks/scan/no-such-mask/w/0.png", 400, "axis must be one of z, y, x"),
+        ("/masks/scan/no-such-mask/x/50.png", 400, "x index 50 is outside 0..49"),
+        ("/scans/scan/voxels/6/0/0", 400, "z index 6 is outside 0..5"),
+        ("/scans/scan/voxels/0/0/50", 400, "x index 50 is outside 0..49"),
+        ("/scans/missing/voxels/0/0/0", 404, "no scan 'missing'"),
     ],
 )
 def test_bad_requests_say_what_is_wrong(client, result, url, status, message):
     response = client.get(url)
     assert response.status_code == status
     assert message in response.get_json()["error"]
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("z", [2, 5])
+def test_the_value_under_the_pointer_is_the_voxels(client, z):
+    if z == 2:
+        client.get("/slices/scan/z/2.png?max_size=1024")  # a full-resolution slice held: read from it
+    for y, x in [(0, 0), (17, 33), (39, 49)]:
+        response = client.get(f"/scans/scan/voxels/{z}/{y}/{x}")
+        assert response.status_code == 200
+        assert response.get_json() == {"z": z, "y": y, "x": x, "value": pytest.approx(float(VOLUME[z, y, x]))}
+
+
+@pytest.mark.stack
+def test_painted_labels_are_overlaid_on_slices_along_every_axis(client, services):
+    painted = Annotations(
+        scan="scan", volume_shape=VOLUME.shape,
+        classes={0: ClassInfo(label="pore", color="#ff0000"), 1: ClassInfo(label="grain", color="#0000ff")},
+        strokes=[
+            Stroke(axis="z", index=2, tool="rectangle", class_id=0, points=[(10, 5), (20, 5)]),  # y = 5, x 10..20
+            Stroke(axis="y", index=30, tool="rectangle", class_id=1, points=[(40, 1), (40, 4)]),  # x = 40, z 1..4
+        ],
+    )
+    path = save_annotations(connect_http(services.settings, writable=True), painted, "uri", "user")
+    mask_id = path.split("/")[2]
+
+    def overlay(axis: str, index: int, hidden: str = "") -> np.ndarray:
+        response = client.get(f"/masks/scan/{mask_id}/{axis}/{index}.png{hidden}")
+        assert response.status_code == 200 and response.mimetype == "image/png"
+        assert response.headers["Cache-Control"].startswith("private, max-age=")  # a mask never changes
+        return decoded(response)
+
+    def painted_pixels(image: np.ndarray, colour: tuple[int, int, int]) -> set[tuple[int, int]]:
+        return {(int(row), int(column)) for row, column in zip(*np.nonzero((image[..., :3] == colour).all(axis=-1) & (image[..., 3] > 0)))}
+
+    assert painted_pixels(overlay("z", 2), (255, 0, 0)) >= {(5, column) for column in range(11, 20)}
+    assert painted_pixels(overlay("z", 3), (0, 0, 255)) == {(30, 40)}  # the y stroke crosses z = 3 in one voxel
+    assert painted_pixels(overlay("y", 5), (255, 0, 0)) >= {(2, column) for column in range(11, 20)}  # the z stroke, along x
+    assert painted_pixels(overlay("x", 40), (0, 0, 255)) >= {(z, 30) for z in (2, 3)}  # the y stroke, along z
+    assert overlay("x", 40, "?hidden=1")[..., 3].max() == 0
+    assert overlay("x", 41)[..., 3].max() == 0
 
 
 @pytest.mark.stack
@@ -254,6 +303,15 @@ def test_painted_labels_get_an_opaque_rim_so_they_show_over_a_prediction_of_thei
     assert outlined[1, 3].tolist() == [255, 255, 255, 255] and outlined[3, 5].tolist() == [255, 255, 255, 255]
     assert outlined[3, 3].tolist() == [255, 0, 0, 255]  # the inside keeps its class colour
     assert outlined[0, 0, 3] == 0  # unlabelled stays transparent
+
+
+def test_a_line_one_voxel_wide_keeps_its_colour():
+    """What a stroke painted on a crossing slice leaves on this one: all rim, no inside."""
+    labels = np.full((7, 7), -1)
+    labels[3, 1:6] = 1
+    labels[5, 0] = 0
+    outlined = outline_labels(labels, colour_labels(labels, {0: (255, 0, 0), 1: (0, 0, 255)}))
+    assert outlined[3, 1:6].tolist() == [[0, 0, 255, 255]] * 5 and outlined[5, 0].tolist() == [255, 0, 0, 255]
 
 
 def test_label_overlay_colours_shown_classes_only():

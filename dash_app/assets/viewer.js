@@ -8,12 +8,14 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       const [defaults, axis, index] = inputs;
       if (!defaults) {
         viewerState.inputs = null;
+        drawSideViews(null);
         return [emptyFigure("Pick a scan in the Scans list to start."), ""];
       }
       inputs[2] = currentIndex(`${defaults.scan}/${axis}`, index);
       const drawing = sliceDrawing(inputs);
       viewerState.inputs = inputs;
       showOnSlider(drawing);
+      drawSideViews(inputs);
       rememberView();
       // A change of slice or window changes only the images' URLs: they are swapped in the
       // figure as drawn, which costs no Plotly redraw (half the time of a step through the
@@ -59,10 +61,6 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
         return window.dash_clientside.no_update;
       }
       const say = (text) => window.dash_clientside.set_props("annotation-status", { children: text });
-      if (axis !== "z") {
-        say("Labels are painted on z slices.");
-        return window.dash_clientside.no_update;
-      }
       // The stroke belongs to the slice the user sees, which may not yet be the one asked for.
       const onScreen = sliceOnScreen(`${defaults.scan}/${axis}`);
       if (onScreen === null) {
@@ -77,7 +75,7 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       const waiting = (pending || []).filter((entry) => entry.seq > (applied || 0));
       const seq = Math.max(applied || 0, ...waiting.map((entry) => entry.seq)) + 1;
       say("Saving…");
-      return [...waiting, { seq: seq, scan: defaults.scan, z: onScreen, stroke: stroke }];
+      return [...waiting, { seq: seq, scan: defaults.scan, axis: axis, index: onScreen, stroke: stroke }];
     },
   },
 });
@@ -85,13 +83,9 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
 // The figure for the viewer's callback inputs (sliceFigure's), with what is needed to draw
 // it in place: its images' URLs, the figure without them, the label under the slider.
 function sliceDrawing(inputs) {
-  const [defaults, axis, index, contrast, tool, brushSize, activeClass, annotations, maskPath,
-         labelOpacity, visibleClasses, result, resultOpacity, resultClasses, , shownLayers] = inputs;
-  const layerShown = (name) => (shownLayers || []).includes(name);
-  const axes = ["z", "y", "x"];
+  const [defaults, axis, index, contrast, tool, brushSize, activeClass, annotations, , labelOpacity, , , resultOpacity, , , shownLayers] = inputs;
   const view = `${defaults.scan}/${axis}`;
-  const shape = defaults.shape.filter((_, position) => position !== axes.indexOf(axis));
-  const [height, width] = shape;
+  const [height, width] = planeShape(defaults.shape, axis);
   const [low, high] = contrast;
   const scan = encodeURIComponent(defaults.scan);
   const graph = document.getElementById("slice-view");
@@ -99,58 +93,97 @@ function sliceDrawing(inputs) {
   viewerState.ranges = [xRange, yRange];
   const maxSize = imageSize(graph, width, height, xRange, yRange);
   // Plotly keys the images of a layer by their position and size, and draws only one of
-  // those that share a key: the result and the labels above it differ by a millionth of a
-  // pixel, or the labels vanished whenever a result was shown.
-  const LAYER_NUDGE = { slice: 0, result: 0, labels: 1e-6 };
+  // those that share a key: the layers differ by a millionth of a pixel each, or the labels
+  // vanished whenever a result was shown. All are drawn below the traces, in order, so
+  // the crosshair stays on top.
+  const LAYER_NUDGE = { slice: 0, result: 1e-6, labels: 2e-6 };
   const layer = (source, name, opacity) => ({
     source: source, name: name, xref: "x", yref: "y", x: LAYER_NUDGE[name], y: 0, sizex: width, sizey: height,
-    sizing: "stretch", layer: name === "slice" ? "below" : "above", opacity: opacity,
+    sizing: "stretch", layer: "below", opacity: opacity,
   });
   const sliceUrl = (size) => `/slices/${scan}/${axis}/${index}.jpeg?low=${low}&high=${high}&max_size=${size}`;
   // Overlays follow the slice on screen, which may still be an earlier one (see sliceSource).
   const [source, drawn] = sliceSource(sliceUrl(maxSize), sliceUrl(Math.max(256, Math.ceil(maxSize / 4))), index, view);
   const images = [layer(source, "slice", 1)];
   // Painted labels go above the result, so they stay visible over a prediction.
-  if (result && result.scan === defaults.scan && layerShown("result")) {
-    const hidden = result.classes.filter((label) => !(resultClasses || []).includes(label));
-    if (hidden.length < result.classes.length) {
-      const job = encodeURIComponent(result.job_id);
-      images.push(layer(`/results/${scan}/${job}/${axis}/${drawn}.png?status=${result.status}${hiddenQuery(hidden)}`, "result", resultOpacity));
-    }
+  const result = resultSource(inputs, axis, drawn);
+  if (result) {
+    images.push(layer(result, "result", resultOpacity));
   }
-  if (maskPath && axis === "z" && annotations && layerShown("labels")) {
-    const ids = Object.keys(annotations.classes).map(Number).sort((a, b) => a - b);
-    const hidden = ids.flatMap((id, position) => (visibleClasses || []).includes(id) ? [] : [position]);
-    if (hidden.length < ids.length) {
-      const maskId = maskPath.split("/")[2];
-      images.push(layer(`/masks/${scan}/${maskId}/${drawn}.png${hiddenQuery(hidden).replace("&", "?")}`, "labels", labelOpacity));
-    }
+  const labels = labelsSource(inputs, axis, drawn);
+  if (labels) {
+    images.push(layer(labels, "labels", labelOpacity));
   }
   const classInfo = annotations && annotations.classes[String(activeClass)];
   const colour = tool === "eraser" ? "#ffffff" : (classInfo ? classInfo.color : "#ffffff");
   const pixelsPerVoxel = screenPixelsPerVoxel(graph, xRange, yRange);
   showBrushCursor(tool, brushSize * pixelsPerVoxel, colour);
   const dragmode = { brush: "drawopenpath", eraser: "drawopenpath", polygon: "drawclosedpath", rectangle: "drawrect" }[tool] || "pan";
+  const point = crosshairAt(defaults, axis, index);
   const figure = {
-    data: [{ x: [0, width], y: [0, height], mode: "markers", marker: { opacity: 0 }, hoverinfo: "none" }],
+    data: [
+      { x: [0, width], y: [0, height], mode: "markers", marker: { opacity: 0 }, hoverinfo: "none" },
+      ...((shownLayers || []).includes("planes") ? crosshairTraces(point, axis, width, height) : []),
+    ],
     layout: {
       images: images,
       xaxis: { range: xRange, visible: false, constrain: "domain" },
       yaxis: { range: yRange, visible: false, scaleanchor: "x" },
       margin: { l: 0, r: 0, t: 0, b: 0 }, plot_bgcolor: VIEWER_BACKGROUND, paper_bgcolor: VIEWER_BACKGROUND,
-      dragmode: dragmode, uirevision: view, shapes: [],
+      dragmode: dragmode, uirevision: view, shapes: [], showlegend: false,
       newshape: {
         line: { color: colour, width: Math.max(1, (tool === "brush" || tool === "eraser") ? brushSize * pixelsPerVoxel : 1) },
         fillcolor: tool === "polygon" || tool === "rectangle" ? colour : "rgba(0,0,0,0)", opacity: 0.6,
       },
     },
   };
-  const last = defaults.shape[axes.indexOf(axis)] - 1;
+  const last = defaults.shape[AXES.indexOf(axis)] - 1;
   return {
     figure: figure, view: view, index: index, last: last, label: `${axis} = ${index} / ${last}`,
     sources: images.map((image) => image.source),
     frame: JSON.stringify({ ...figure, layout: { ...figure.layout, images: images.map(({ source, ...rest }) => rest) } }),
   };
+}
+
+const AXES = ["z", "y", "x"];
+
+// (rows, columns) of a slice along `axis`: (y, x) on z, (z, x) on y, (z, y) on x.
+function planeShape(shape, axis) {
+  return shape.filter((_, position) => position !== AXES.indexOf(axis));
+}
+
+// The axes along a slice's rows and its columns.
+function planeAxes(axis) {
+  return AXES.filter((other) => other !== axis);
+}
+
+// The shown job's labels on a slice along any axis, or null when none are shown there.
+function resultSource(inputs, axis, index) {
+  const [defaults, , , , , , , , , , , result, , resultClasses, , shownLayers] = inputs;
+  if (!result || result.scan !== defaults.scan || !(shownLayers || []).includes("result")) {
+    return null;
+  }
+  const hidden = result.classes.filter((label) => !(resultClasses || []).includes(label));
+  if (hidden.length === result.classes.length) {
+    return null;
+  }
+  const scan = encodeURIComponent(defaults.scan), job = encodeURIComponent(result.job_id);
+  return `/results/${scan}/${job}/${axis}/${index}.png?status=${result.status}${hiddenQuery(hidden)}`;
+}
+
+// The painted labels on a slice along any axis (strokes on crossing slices included), or null.
+function labelsSource(inputs, axis, index) {
+  const [defaults, , , , , , , annotations, maskPath, , visibleClasses, , , , , shownLayers] = inputs;
+  if (!maskPath || !annotations || !(shownLayers || []).includes("labels")) {
+    return null;
+  }
+  const ids = Object.keys(annotations.classes).map(Number).sort((a, b) => a - b);
+  const hidden = ids.flatMap((id, position) => (visibleClasses || []).includes(id) ? [] : [position]);
+  if (hidden.length === ids.length) {
+    return null;
+  }
+  const maskId = maskPath.split("/")[2];
+  return `/masks/${encodeURIComponent(defaults.scan)}/${maskId}/${axis}/${index}.png${hiddenQuery(hidden).replace("&", "?")}`;
 }
 
 // A step through the slices (slider, keys, a slice that finished loading) is drawn here, at
@@ -171,6 +204,7 @@ function showSlice(index) {
   const drawing = sliceDrawing(inputs);
   viewerState.inputs = inputs;
   showOnSlider(drawing);
+  drawSideViews(inputs);
   clearTimeout(sliceSync.timer);
   sliceSync.pending = { view: drawing.view, index: drawing.index };
   if (drawnInPlace(drawing)) {
@@ -203,6 +237,7 @@ function tellDash() {
   if (pending) {
     globalThis.dash_clientside.set_props("slice-index", { data: pending.index });
   }
+  syncCrosshair();
   rememberView();
 }
 

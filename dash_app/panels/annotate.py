@@ -17,7 +17,7 @@ from typing import Any
 from dash import Dash, Input, Output, State, ctx, dcc, html, no_update
 from pydantic import ValidationError
 
-from dash_app.annotations import PALETTE, Annotations, ClassInfo, Stroke
+from dash_app.annotations import AXES, PALETTE, Annotations, ClassInfo, Stroke
 from dash_app.masks import latest_annotations, save_annotations
 from mlex_tomo.settings import StackSettings
 from mlex_tomo.tiled_http import TiledHttpClient
@@ -88,14 +88,18 @@ def with_strokes(annotations: Annotations, pending: list[dict[str, Any]], applie
     updated, refused = annotations.model_copy(deep=True), []
     for entry in fresh:
         try:
-            stroke = Stroke.model_validate(entry["stroke"])
+            stroke = Stroke.model_validate({**entry["stroke"], "axis": entry["axis"], "index": entry["index"]})
         except ValidationError as error:
             refused.extend(problem["msg"].removeprefix("Value error, ") for problem in error.errors())
             continue
         if stroke.class_id is not None and stroke.class_id not in updated.classes:
             refused.append(f"class {stroke.class_id} no longer exists")
             continue
-        updated.slices.setdefault(int(entry["z"]), []).append(stroke)
+        extent = updated.volume_shape[AXES.index(stroke.axis)]
+        if stroke.index >= extent:
+            refused.append(f"{stroke.axis} = {stroke.index} is outside the scan (0..{extent - 1})")
+            continue
+        updated.strokes.append(stroke)
     return updated, max(entry["seq"] for entry in fresh), refused
 
 
@@ -130,15 +134,12 @@ def without_class(annotations: Annotations, class_id: int) -> Annotations:
         raise ValueError("Keep at least one class.")
     updated = annotations.model_copy(deep=True)
     del updated.classes[class_id]
-    updated.slices = {
-        z: kept for z, strokes in updated.slices.items() if (kept := [stroke for stroke in strokes if stroke.class_id != class_id])
-    }
+    updated.strokes = [stroke for stroke in updated.strokes if stroke.class_id != class_id]
     return updated
 
 
 def painted_summary(annotations: Annotations) -> str:
-    strokes = sum(len(strokes) for strokes in annotations.slices.values())
-    return f"{plural(strokes, 'stroke')} on {plural(len(annotations.slices), 'slice')}"
+    return f"{plural(len(annotations.strokes), 'stroke')} on {plural(len(annotations.painted_planes()), 'slice')}"
 
 
 def plural(count: int, noun: str) -> str:
@@ -169,10 +170,15 @@ def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClien
         if defaults is None:
             return None, {"past": [], "future": []}, None, ""
         found = latest_annotations(tiled, defaults["scan"])
+        shape = tuple(defaults["shape"])
+        fresh = Annotations(scan=defaults["scan"], volume_shape=shape, classes=DEFAULT_CLASSES)
         if found is None:
-            fresh = Annotations(scan=defaults["scan"], slice_shape=tuple(defaults["shape"][1:]), classes=DEFAULT_CLASSES)
             return fresh.model_dump(mode="json"), {"past": [], "future": []}, None, ""
         path, annotations = found
+        try:
+            annotations = annotations.on_volume(shape)
+        except ValueError as error:  # the scan was replaced by another volume; its old labels stay in Tiled
+            return fresh.model_dump(mode="json"), {"past": [], "future": []}, None, f"Starting afresh: {error}."
         return annotations.model_dump(mode="json"), {"past": [], "future": []}, path, f"Loaded {painted_summary(annotations)}."
 
     @app.callback(
@@ -198,7 +204,7 @@ def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClien
         annotations = Annotations.model_validate(current)
         painted, applied_now, refused = with_strokes(annotations, pending, applied)
         refusal = f" A stroke was refused: {'; '.join(refused)}." if refused else ""
-        if painted.slices != annotations.slices:
+        if painted.strokes != annotations.strokes:
             history = {"past": [*history["past"], current][-HISTORY_LIMIT:], "future": []}
             current = painted.model_dump(mode="json")
         if trigger in ("undo", "redo"):
@@ -260,15 +266,16 @@ def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClien
     @app.callback(
         Output("slice-index", "data", allow_duplicate=True),
         Input("previous-annotated", "n_clicks"), Input("next-annotated", "n_clicks"),
-        State("annotations", "data"), State("slice-index", "data"),
+        State("annotations", "data"), State("slice-index", "data"), State("axis", "value"),
         prevent_initial_call=True,
     )
-    def jump(previous, following, current, z):
+    def jump(previous, following, current, index, axis):
+        """To the previous or next slice painted on, along the axis on screen."""
         if current is None:
             return no_update
-        painted = sorted(int(index) for index, strokes in current["slices"].items() if strokes)
+        painted = [position for _, position in Annotations.model_validate(current).painted_planes(axis)]
         if ctx.triggered_id == "next-annotated":
-            later = [index for index in painted if index > z]
+            later = [position for position in painted if position > index]
             return later[0] if later else no_update
-        earlier = [index for index in painted if index < z]
+        earlier = [position for position in painted if position < index]
         return earlier[-1] if earlier else no_update

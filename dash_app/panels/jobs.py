@@ -106,7 +106,7 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
         parameters, errors = model_form.parameters_from_form(model_name, [control["name"] for control in ids], values)
         if parameters is None:
             return f"Fix the model first: {'; '.join(errors)}", no_update
-        painted = {stroke["class_id"] for strokes in (annotations or {}).get("slices", {}).values() for stroke in strokes}
+        painted = {stroke["class_id"] for stroke in (annotations or {}).get("strokes", [])}
         if mask_path is None or len(painted - {None}) < 2:
             return "Paint at least two classes first: a model learns to tell them apart.", no_update
         request = SegmentationRequest(

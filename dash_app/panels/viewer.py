@@ -28,11 +28,20 @@ def layout() -> html.Div:
     return html.Div(
         className="panel viewer",
         children=[
-            dcc.Graph(
-                id="slice-view",
-                className="slice-view",
-                config=SLICE_VIEW_CONFIG,
-                figure=empty_figure(),
+            html.Div(
+                className="planes",
+                children=[
+                    dcc.Graph(id="slice-view", className="slice-view", config=SLICE_VIEW_CONFIG, figure=empty_figure()),
+                    # The other two planes through the crosshair, drawn by assets/planes.js.
+                    html.Div(
+                        id="side-views", className="side-views", hidden=True,
+                        children=[
+                            html.Div(id="side-view-1", className="side-view", role="button"),
+                            html.Div(id="side-view-2", className="side-view", role="button"),
+                            html.P("Ctrl+click the slice to move the crosshair.", className="hint"),
+                        ],
+                    ),
+                ],
             ),
             html.Div(
                 className="controls",
@@ -41,13 +50,18 @@ def layout() -> html.Div:
                     html.Div(id="slice-slider", className="slider"),  # a range input made by viewer.js
                     html.Span(id="slice-label", className="slice-label"),
                     dcc.Checklist(
-                        id="shown-layers", className="layers", inline=True, value=["labels", "result"],
-                        options=[{"label": "labels (L)", "value": "labels"}, {"label": "result (O)", "value": "result"}],
+                        id="shown-layers", className="layers", inline=True, value=["labels", "result", "planes"],
+                        options=[
+                            {"label": "labels (L)", "value": "labels"}, {"label": "result (O)", "value": "result"},
+                            {"label": "3 planes (T)", "value": "planes"},
+                        ],
                     ),
                 ],
             ),
+            html.Div(id="cursor-readout", className="cursor-readout"),  # written by assets/planes.js
             html.P(id="viewer-message", className="errors"),
-            dcc.Store(id="slice-index"),  # the slice, once the user rests on it (see showSlice in viewer.js)
+            dcc.Store(id="slice-index"),
+            dcc.Store(id="crosshair"),  # the point the three planes go through, as a side view was clicked  # the slice, once the user rests on it (see showSlice in viewer.js)
             dcc.Store(id="viewport"),
             html.Div(
                 className="contrast",
@@ -108,13 +122,16 @@ def register_callbacks(app: Dash, library: ScanLibrary) -> None:
         return defaults["minimum"], defaults["maximum"], [defaults["low"], defaults["high"]], span / 1000, histogram_figure(defaults)
 
     @app.callback(
-        Output("slice-index", "data"), Input("display-defaults", "data"), Input("axis", "value"), State("address", "search"),
+        Output("slice-index", "data"), Input("display-defaults", "data"), Input("axis", "value"),
+        State("address", "search"), State("crosshair", "data"),
     )
-    def first_slice(defaults: dict | None, axis: str, search: str | None) -> int:
-        """The slice the page's address names for this scan and axis (a reload, a shared link), else the middle one."""
+    def first_slice(defaults: dict | None, axis: str, search: str | None, crosshair: dict | None) -> int:
+        """The crosshair's slice along the new axis; else the one the page's address names (a reload, a shared link); else the middle one."""
         if defaults is None:
             return 0
         extent = defaults["shape"][AXES.index(axis)]
+        if crosshair and crosshair.get("scan") == defaults["scan"] and 0 <= crosshair.get(axis, -1) < extent:
+            return crosshair[axis]
         wanted = view_from_address(search)
         if wanted and wanted.scan == defaults["scan"] and wanted.axis == axis and wanted.slice is not None and wanted.slice < extent:
             return wanted.slice

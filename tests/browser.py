@@ -74,6 +74,16 @@ def paint(page: Page, start: tuple[int, int], end: tuple[int, int]) -> None:
     page.mouse.up()
 
 
+def on_screen(page: Page, column: int, row: int) -> tuple[float, float]:
+    """The page position of the centre of a pixel of the slice in the main view."""
+    return tuple(page.evaluate(
+        "([column, row]) => { const plot = document.querySelector('#slice-view .js-plotly-plot');"
+        " const box = plot.getBoundingClientRect(), x = plot._fullLayout.xaxis, y = plot._fullLayout.yaxis;"
+        " return [box.left + x._offset + x.d2p(column + 0.5), box.top + y._offset + y.d2p(row + 0.5)]; }",
+        [column, row],
+    ))
+
+
 def overlay_source(page: Page, kind: str = "masks") -> str | None:
     """The URL of the slice view's `/masks/` (painted labels) or `/results/` overlay, if shown."""
     return page.evaluate(

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser import SCREENSHOTS, WAIT_MILLISECONDS, needs_chromium, paint, pick_scan, set_field, wait_for_overlay, write_scan
+from tests.browser import (
+    SCREENSHOTS, WAIT_MILLISECONDS, needs_chromium, on_screen, paint, pick_scan, set_field, wait_for_overlay, write_scan,
+)
 from tests.services import Services
 
 pytestmark = [pytest.mark.stack, needs_chromium]
@@ -152,7 +154,7 @@ def test_zooming_in_asks_for_a_finer_image(page, services):
     page.get_by_role("radio", name="Pan").check()
     box = page.locator("#slice-view .nsewdrag").first.bounding_box()
     page.mouse.move(box["x"] + box["width"] / 2, box["y"] + box["height"] / 2)
-    for _ in range(6):
+    for _ in range(12):  # until the view needs every pixel, whatever its width
         page.mouse.wheel(0, -200)
     expect(slice_image).to_have_attribute("href", re.compile(r"/z/1\.jpeg.*max_size=2048$"))
     page.keyboard.press("ArrowLeft")  # the zoom stays while moving through slices
@@ -275,3 +277,56 @@ def test_an_invalid_model_field_is_marked_where_it_is(page):
     expect(page.locator("#train")).to_be_disabled()
     set_field(page, "n estimators", "20")
     expect(page.locator("#model-form .invalid")).to_have_count(0)
+
+
+def test_three_planes_share_a_crosshair_and_a_stroke_on_y_reaches_the_mask(page, services):
+    write_scan(services.tiled(writable=True), "planes", "2026-11-23T03:00:00+00:00", seed=3)
+    page.reload()
+    pick_scan(page, "planes (64 x 64 x 64, float32)")
+    expect(page.locator("#slice-label")).to_have_text("z = 32 / 63")
+    captions = page.locator("#side-views .plane-caption")
+    expect(captions.nth(0)).to_contain_text("y = 32")
+    expect(captions.nth(1)).to_contain_text("x = 32")
+
+    page.keyboard.down("Control")  # Ctrl+click: the crosshair moves to the voxel, nothing is painted
+    page.mouse.click(*on_screen(page, column=40, row=20))
+    page.keyboard.up("Control")
+    expect(captions.nth(0)).to_contain_text("y = 20")
+    expect(captions.nth(1)).to_contain_text("x = 40")
+    side_slices = page.locator("#side-views img.plane-slice")
+    expect(side_slices.nth(0)).to_have_attribute("src", re.compile(r"/slices/planes/y/20\.jpeg"))
+    expect(side_slices.nth(1)).to_have_attribute("src", re.compile(r"/slices/planes/x/40\.jpeg"))
+    crosshair = page.evaluate("() => document.querySelector('#slice-view .js-plotly-plot').data.slice(1).map(trace => trace.name)")
+    assert crosshair == ["x = 40", "y = 20"]
+    assert page.locator("#annotation-status").inner_text() == ""
+
+    page.mouse.move(*on_screen(page, column=12, row=50))  # the readout: where the pointer is, and the value there
+    expect(page.locator("#cursor-readout")).to_contain_text("z 32 · y 50 · x 12 = ")
+    shown = float(page.locator("#cursor-readout").inner_text().rsplit("= ", 1)[1])
+    assert shown == pytest.approx(float(services.tiled()["recons"]["planes"]["data"][32, 50, 12]), rel=1e-5)
+
+    page.locator("#side-view-1").click()  # paint on y, at the crosshair
+    expect(page.locator("#slice-label")).to_have_text("y = 20 / 63")
+    expect(captions.nth(0)).to_contain_text("z = 32")
+    page.keyboard.press("2")
+    start, end = on_screen(page, column=10, row=24), on_screen(page, column=10, row=40)  # x = 10, z from 24 to 40
+    box = page.locator("#slice-view .nsewdrag").bounding_box()
+    paint(page, (start[0] - box["x"], start[1] - box["y"]), (end[0] - box["x"], end[1] - box["y"]))
+    expect(page.locator("#annotation-status")).to_have_text("1 stroke on 1 slice, saved.")
+    assert wait_for_overlay(page, lambda source: source is not None).endswith("/y/20.png")
+    side_labels = page.locator("#side-views img.plane-labels")
+    expect(side_labels.nth(0)).to_have_attribute("src", re.compile(r"/masks/planes/[0-9a-f]+/z/32\.png"))
+    SCREENSHOTS.mkdir(exist_ok=True)
+    page.screenshot(path=SCREENSHOTS / "three-planes.png")
+
+    masks = services.tiled()["masks"]["planes"]
+    mask = masks[masks.metadata["current_annotation"]["mask_id"]]["mask"]
+    labelled = mask.metadata["mask_idx"]
+    assert set(range(26, 39)) <= set(labelled) and len(labelled) < 25  # the z slices the stroke crosses
+    labels = mask.read()
+    assert all(labels[labelled.index(z), 20, 10] == 1 for z in range(26, 39))  # class 2, on y = 20, at x = 10
+
+    page.keyboard.press("t")
+    expect(page.locator("#side-views")).to_be_hidden()
+    page.keyboard.press("t")
+    expect(page.locator("#side-views")).to_be_visible()

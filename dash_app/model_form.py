@@ -80,7 +80,8 @@ def render(model_name: str) -> list[Any]:
     children: list[Any] = [html.Div(className="form-grid", children=own)]
     if training:
         children.append(html.Details([html.Summary("Training"), html.Div(className="form-grid", children=training)]))
-    return [html.Details(className="model-parameters", children=[html.Summary("Parameters"), *children])]
+    # data-model says which model's form is on screen (the form is replaced when the model changes).
+    return [html.Details(className="model-parameters", children=[html.Summary("Parameters"), *children], **{"data-model": model_name})]
 
 
 def _row(field: FormField) -> html.Div:

@@ -27,7 +27,21 @@ def run_ingester(settings: StackSettings) -> int:
     status = IngesterStatus(settings.ingester_status_path, settings.ingester.destination)
     status.write()
     threading.Thread(target=status.keep_fresh, args=(stop,), daemon=True).start()
+    if settings.ingester.register_existing:
+        _register_scans_on_disk(settings, log)
     Listener(settings, Processor(settings), status).run(stop)
     status.update(connected=False, stopped=True)
     log.info("stopped")
     return 0
+
+
+def _register_scans_on_disk(settings: StackSettings, log: logging.Logger) -> None:
+    """The compose install's samples and scans written while the ingester was down; announced ones wait on the broker meanwhile."""
+    from ingester.existing import register_existing
+
+    try:
+        summary = register_existing(settings, log.info).summary()
+    except Exception as error:  # Tiled down, no API key, an unreadable root: announcements still work
+        log.warning("could not register the scans already in the data roots: %s", error)
+    else:
+        log.info("scans already in the data roots: %s", summary)

@@ -215,8 +215,9 @@ class IngesterSettings(Section):
     )
     register_existing: bool = Field(
         default=True,
-        description="`up` registers the scans already in the data roots (the shipped samples, scans written "
-        "while the stack was down): files in each root and in the folders directly below it.",
+        description="Register the scans already in the data roots (the shipped samples, scans written "
+        "while the stack was down): files in each root and in the folders directly below it. `up` does it at "
+        "start and reports them; a separately started ingester (the compose install's) does it before listening.",
     )
 
 

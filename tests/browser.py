@@ -48,7 +48,7 @@ def choose_model(page: Page, name: str) -> None:
     page.click("#model-name")
     page.get_by_role("option", name=name, exact=True).click()
     expect(page.locator("#model-name")).to_contain_text(name)
-    page.wait_for_timeout(500)  # the form of the model chosen replaces the one on screen
+    expect(page.locator(f'#model-form [data-model="{name}"]')).to_be_attached()  # its form replaced the one on screen
 
 
 def set_field(page: Page, label: str, value: str) -> None:

@@ -156,7 +156,7 @@ class Services:
                 "ui": {"port": ui, "scan_refresh_seconds": 1},
                 "tiled": {"port": tiled, "api_key": secrets.token_hex(32)},
                 "broker": {"stomp_port": stomp_port, "openwire_port": openwire},
-                "ingester": {"file_wait_seconds": 2, "reconnect_max_seconds": 2, **ingester_settings},
+                "ingester": {"file_wait_seconds": 2, "reconnect_max_seconds": 2, "register_existing": False, **ingester_settings},
             },
             environ={},
         )
@@ -164,6 +164,12 @@ class Services:
             (data_dir / directory).mkdir(parents=True, exist_ok=True)
         write_child_settings(self.settings)
         self.processes: dict[str, ManagedProcess] = {}
+
+    def reconfigure(self, **ingester_settings) -> None:
+        """New ingester settings for the ingester's next start."""
+        ingester = self.settings.ingester.model_copy(update=ingester_settings)
+        self.settings = self.settings.model_copy(update={"ingester": ingester})
+        write_child_settings(self.settings)
 
     @property
     def recons_root(self) -> Path:

@@ -179,6 +179,24 @@ def test_messages_published_while_the_ingester_is_down_are_not_lost(services, br
         registered(services, f"offline-{index}")
 
 
+def test_an_ingester_started_on_its_own_registers_the_scans_already_on_disk(services):
+    """What the compose install's ingester does at start; `mlex-tomo up` does it itself, and reports it."""
+    assert services.stop("ingester") == 0
+    for name, file_format in (("on-disk-hdf5", "hdf5"), ("on-disk-zarr", "zarr")):
+        simulate(services, name, file_format)  # never announced
+    services.reconfigure(register_existing=True)
+    try:
+        services.start("ingester")
+        for name in ("on-disk-hdf5", "on-disk-zarr"):
+            registered(services, name)
+        log = (services.settings.logs_path / "ingester.log").read_text()
+        assert "scans already in the data roots: 2 registered" in log
+    finally:
+        services.stop("ingester")
+        services.reconfigure(register_existing=False)
+        services.start("ingester")
+
+
 def test_with_tiled_down_messages_wait_unacknowledged_until_it_is_back(services, broker):
     paths = [simulate(services, f"tiled-down-{index}", "hdf5").announce_path for index in range(3)]
     services.stop("tiled")

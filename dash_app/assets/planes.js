@@ -39,7 +39,9 @@ function drawSideViews(inputs) {
     return;
   }
   const shown = Boolean(inputs && inputs[0] && (inputs[15] || []).includes("planes"));
-  container.hidden = !shown;
+  if (container.hidden !== !shown) {
+    container.hidden = !shown;
+  }
   if (!shown) {
     return;
   }
@@ -55,18 +57,22 @@ function drawSideViews(inputs) {
     const [rowAxis, columnAxis] = planeAxes(sideAxis);
     const [low, high] = contrast;
     const size = Math.min(SIDE_IMAGE_SIZE, Math.max(rows, columns));
-    pane.dataset.axis = sideAxis;
-    pane.frame.style.aspectRatio = `${columns} / ${rows}`;
-    pane.frame.style.width = `min(100%, calc(${SIDE_VIEW_HEIGHT} * ${columns / rows}))`;
+    if (pane.dataset.axis !== sideAxis) {
+      pane.dataset.axis = sideAxis;
+    }
+    setStyle(pane.frame, "aspectRatio", `${columns} / ${rows}`);
+    setStyle(pane.frame, "width", `min(100%, calc(${SIDE_VIEW_HEIGHT} * ${columns / rows}))`);
     setSource(pane.slice, `/slices/${encodeURIComponent(defaults.scan)}/${sideAxis}/${index}.jpeg?low=${low}&high=${high}&max_size=${size}`);
     setSource(pane.result, resultSource(inputs, sideAxis, index));
-    pane.result.style.opacity = String(inputs[12]);
+    setStyle(pane.result, "opacity", String(inputs[12]));
     setSource(pane.labels, labelsSource(inputs, sideAxis, index));
-    pane.labels.style.opacity = String(inputs[9]);
-    pane.row.style.top = `${100 * (point[rowAxis] + 0.5) / rows}%`;
-    pane.column.style.left = `${100 * (point[columnAxis] + 0.5) / columns}%`;
-    pane.caption.textContent = `${sideAxis} = ${index}  ·  click to paint here`;
-    pane.title = `Paint on ${sideAxis} = ${index}`;
+    setStyle(pane.labels, "opacity", String(inputs[9]));
+    setStyle(pane.row, "top", `${100 * (point[rowAxis] + 0.5) / rows}%`);
+    setStyle(pane.column, "left", `${100 * (point[columnAxis] + 0.5) / columns}%`);
+    if (pane.caption.textContent !== `${sideAxis} = ${index}  ·  click to paint here`) {
+      pane.caption.textContent = `${sideAxis} = ${index}  ·  click to paint here`;
+      pane.title = `Paint on ${sideAxis} = ${index}`;
+    }
   });
 }
 
@@ -92,8 +98,21 @@ function sidePane(id) {
   return pane;
 }
 
+// Each step through the main view redraws the side views: only what changed is written,
+// so a step moves one line and costs the page no other style or layout work.
+// (The values written are remembered: the browser reads some back in its own spelling.)
+function setStyle(element, property, value) {
+  element.written = element.written || {};
+  if (element.written[property] !== value) {
+    element.written[property] = value;
+    element.style[property] = value;
+  }
+}
+
 function setSource(image, source) {
-  image.hidden = !source;
+  if (image.hidden !== !source) {
+    image.hidden = !source;
+  }
   if (source && image.getAttribute("src") !== source) {
     image.setAttribute("src", source);
   }

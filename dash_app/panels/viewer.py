@@ -8,6 +8,7 @@ rests on it.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import plotly.graph_objects as go
@@ -16,6 +17,8 @@ from dash import ClientsideFunction, Dash, Input, Output, State, dcc, html, no_u
 from dash_app.address import view_from_address
 from dash_app.volumes import AXES, ScanLibrary, ScanNotFound, UnreadableScan
 
+
+SIDE_VIEWS_MAX_BYTES = 2**30  # a y or x slice of a larger volume takes seconds to read (docs/decisions.md)
 
 # Nothing here is published: Plotly's modebar offers no upload ("share") and no Chart Studio link.
 SLICE_VIEW_CONFIG = {
@@ -59,6 +62,7 @@ def layout() -> html.Div:
                 ],
             ),
             html.Div(id="cursor-readout", className="cursor-readout"),  # written by assets/planes.js
+            html.Div(id="planes-note", className="details"),
             html.P(id="viewer-message", className="errors"),
             dcc.Store(id="slice-index"),
             dcc.Store(id="crosshair"),  # the point the three planes go through, as a side view was clicked  # the slice, once the user rests on it (see showSlice in viewer.js)
@@ -109,6 +113,25 @@ def register_callbacks(app: Dash, library: ScanLibrary) -> None:
         except UnreadableScan as error:
             return None, f"This scan cannot be shown: {error}"
         return {"scan": scan, "shape": list(shape), **defaults.__dict__}, ""
+
+    @app.callback(
+        Output("shown-layers", "value", allow_duplicate=True), Output("planes-note", "children"),
+        Input("display-defaults", "data"), State("shown-layers", "value"),
+        prevent_initial_call=True,
+    )
+    def side_views_for_the_scan(defaults: dict | None, shown: list[str]):
+        """Side views open with a scan small enough that a y or x slice is a quick read; the user's T decides after."""
+        if defaults is None:
+            return no_update, ""
+        volume_bytes = library.volume(defaults["scan"]).dtype.itemsize * math.prod(defaults["shape"])
+        others = [layer for layer in shown or [] if layer != "planes"]
+        if volume_bytes <= SIDE_VIEWS_MAX_BYTES:
+            return [*others, "planes"], ""
+        note = (
+            f"Side views start hidden for this {volume_bytes / 2**30:.1f} GiB volume: a y or x slice crosses every "
+            "z chunk, so it reads across the whole volume. T shows them."
+        )
+        return others, note
 
     @app.callback(
         Output("window", "min"), Output("window", "max"), Output("window", "value"), Output("window", "step"),

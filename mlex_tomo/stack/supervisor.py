@@ -80,7 +80,9 @@ class Stack:
             key = SecretStr(_generate_tiled_api_key(settings.tiled_api_key_path))
             tiled = settings.tiled.model_copy(update={"api_key": key})
             self.settings = settings = settings.model_copy(update={"tiled": tiled})
-        write_child_settings(settings)
+        # `up` registers the scans on disk itself, to report them; its ingester need not do it again.
+        ingester = settings.ingester.model_copy(update={"register_existing": False})
+        write_child_settings(settings.model_copy(update={"ingester": ingester}))
         return embedded_services(settings)
 
     def _launch(self, service: Service) -> None:

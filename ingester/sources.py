@@ -22,7 +22,7 @@ from tiled.structures.data_source import Asset, DataSource, Management
 from tiled.utils import ensure_uri
 
 from ingester.errors import Rejected, Unreadable
-from ingester.paths import resolve_within_roots
+from mlex_tomo.hdf5_sources import OutsideRoots, check_storage, external_link_on_the_way, locate_dataset
 
 HDF5_SUFFIXES = {".nxs", ".h5", ".hdf5", ".hdf", ".nx5"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -105,18 +105,25 @@ def scan_id_for(path: Path) -> str:
 
 
 def _describe_hdf5(path: Path, roots: list[Path], hdf5_dataset: str | None) -> ScanDescription:
-    with h5py.File(path, "r") as file:
-        if SAVU_VOLUME in file:
-            file_format, dataset_path = "savu-nexus", SAVU_VOLUME
-        elif NXTOMOPROC_VOLUME in file:
-            file_format, dataset_path = "nxtomoproc", NXTOMOPROC_VOLUME
+    """Every file the volume's bytes come from is checked (links, external storage, virtual sources) before anything is read."""
+    try:
+        if (savu := _locate(path, SAVU_VOLUME, roots)) is not None:
+            file_format, dataset_path, located = "savu-nexus", SAVU_VOLUME, savu
+        elif (nxtomoproc := _locate(path, NXTOMOPROC_VOLUME, roots)) is not None:
+            file_format, dataset_path, located = "nxtomoproc", NXTOMOPROC_VOLUME, nxtomoproc
         else:
-            file_format, dataset_path = "hdf5", hdf5_dataset or _only_volume_dataset(file, path)
-        if dataset_path not in file:
-            raise Rejected(f"{path} has no dataset {dataset_path!r}")
-        data_file, data_path = _follow_links(file, path, dataset_path)
+            with h5py.File(path, "r") as file:
+                dataset_path = hdf5_dataset or _only_volume_dataset(file, path)
+            file_format, located = "hdf5", _locate(path, dataset_path, roots)
+            if located is None:
+                raise Rejected(f"{path} has no dataset {dataset_path!r}")
+        data_file, data_path = located
+        check_storage(data_file, data_path, roots)
+    except OutsideRoots as reason:
+        raise Rejected(f"{path} reads from outside the data roots: {reason}") from None
+    with h5py.File(path, "r") as file:
         metadata = _savu_metadata(file) if file_format == "savu-nexus" else {}
-    data_file = resolve_within_roots(str(data_file), roots)
+    data_path = data_path.lstrip("/")
     with h5py.File(data_file, "r") as file:
         dataset = file[data_path]
         if not isinstance(dataset, h5py.Dataset) or dataset.ndim != 3:
@@ -153,29 +160,26 @@ def _only_volume_dataset(file: h5py.File, path: Path) -> str:
     return volumes[0]
 
 
-def _follow_links(file: h5py.File, path: Path, dataset_path: str) -> tuple[Path, str]:
-    """The file and path that really hold the data, so Tiled needs no link resolution.
-
-    Savu's `final_result_tomo/data` is usually an external link into a neighbouring
-    file; registering the target keeps Tiled's reads independent of link lookup rules.
-    """
-    link = file.get(dataset_path, getlink=True)
-    if isinstance(link, h5py.ExternalLink):
-        target = Path(link.filename)
-        if not target.is_absolute():
-            target = path.parent / target
-        if not target.exists():
-            raise Rejected(f"{path}:{dataset_path} links to {target}, which does not exist")
-        with h5py.File(target, "r") as linked:
-            return _follow_links(linked, target, link.path)
-    return path, file[dataset_path].name.lstrip("/")
+def _locate(path: Path, dataset_path: str, roots: list[Path]) -> tuple[Path, str] | None:
+    """Where the dataset's bytes are, links followed and checked; None when the file has no such dataset."""
+    try:
+        return locate_dataset(path, dataset_path, roots)
+    except KeyError:
+        return None
 
 
 def _savu_metadata(file: h5py.File) -> dict[str, Any]:
+    """Read only through links within the file: metadata behind an external link is left out, not followed."""
     metadata: dict[str, Any] = {}
+    try:
+        if external_link_on_the_way(file, f"{SAVU_METADATA}/voxel_size") is not None:
+            return metadata
+    except KeyError:
+        return metadata
     group = file.get(SAVU_METADATA)
-    if isinstance(group, h5py.Group) and "voxel_size" in group:
-        voxel_size = np.asarray(group["voxel_size"][()]).ravel()
+    stored = group.get("voxel_size") if isinstance(group, h5py.Group) else None
+    if isinstance(stored, h5py.Dataset) and stored.external is None and not stored.is_virtual:
+        voxel_size = np.asarray(stored[()]).ravel()
         metadata["voxel_size"] = voxel_size.tolist() if voxel_size.size > 1 else float(voxel_size[0])
     return metadata
 

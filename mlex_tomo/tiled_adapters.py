@@ -7,13 +7,15 @@ for one 2048² plane of a 256-deep volume and 261 ms at 2048 deep, against 3 ms 
 segmentation job's slab reads alike. This adapter answers the same requests with one h5py
 read. It is named in tiled_config/config.yml (`adapters_by_mimetype`) and falls back to
 Tiled's own adapter for what it does not cover: groups, datasets spread over several
-files, sliced or squeezed registrations and object dtypes.
+files, sliced or squeezed registrations and object dtypes. Before either serves a
+dataset, every file its bytes come from is checked to lie under the readable roots.
 """
 
 from __future__ import annotations
 
 import copy
 import math
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,14 +30,41 @@ from tiled.structures.core import StructureFamily
 from tiled.structures.data_source import DataSource
 from tiled.utils import path_from_uri
 
+from mlex_tomo.hdf5_sources import OutsideRoots, check_registered_dataset
+
 BLOCK_BYTES = 64 * 2**20  # the most a strided read holds before striding it
 
 
+READABLE_ROOTS_VARIABLE = "MLEX_TILED_READABLE_DIR"  # what tiled_config/config.yml serves registered files from
+
+
+def readable_roots() -> list[Path]:
+    """The folders registered files may read from, as the Tiled server was started with them."""
+    value = os.environ.get(READABLE_ROOTS_VARIABLE, "")
+    roots = [Path(part).resolve() for part in value.split(os.pathsep) if part]
+    if not roots:
+        raise OutsideRoots(f"{READABLE_ROOTS_VARIABLE} is not set: no registered file may be read")
+    return roots
+
+
+def check_hdf5_source(data_source: DataSource, dataset: str | list[str]) -> None:
+    """Refuse to serve a registered HDF5 dataset that now reads from outside the roots (mlex_tomo/hdf5_sources.py)."""
+    dataset = dataset if isinstance(dataset, str) else "/".join(dataset)
+    roots = readable_roots()
+    for asset in data_source.assets:
+        check_registered_dataset(Path(path_from_uri(asset.data_uri)), dataset, roots)
+
+
 class HDF5VolumeAdapter:
-    """What tiled_config/config.yml maps `application/x-hdf5` to."""
+    """What tiled_config/config.yml maps `application/x-hdf5` to.
+
+    Every file's sources are checked first, whichever adapter then serves it: a file
+    can change after it was registered.
+    """
 
     @classmethod
     def from_catalog(cls, data_source: DataSource, node: Any, /, **parameters: Any) -> Any:
+        check_hdf5_source(data_source, parameters.get("dataset", "/"))
         if data_source.structure_family == StructureFamily.array:
             adapter = HDF5DatasetAdapter.from_catalog(data_source, node, **parameters)
             if adapter is not None:
@@ -78,6 +107,7 @@ class HDF5DatasetAdapter(ArrayAdapter):
         return cls(path, dataset, structure, open_options, metadata=metadata, specs=node.specs)
 
     def read(self, slice: NDSlice = NDSlice(...)) -> NDArray[Any]:
+        check_registered_dataset(self.path, self.dataset, readable_roots())
         with h5open(self.path, self.dataset, **self.open_options) as opened:
             return read_selection(opened, tuple(slice) if slice else ())
 

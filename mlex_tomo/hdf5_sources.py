@@ -1,0 +1,137 @@
+"""Where an HDF5 dataset's bytes really come from, and the refusal of any source outside the data roots.
+
+An HDF5 file under the roots can still serve bytes from elsewhere: an external link on
+the way to the dataset (to another HDF5 file), external raw storage (any file at all,
+`/etc/passwd` or Tiled's own API key, read byte for byte), or a virtual dataset whose
+sources are other files, each of which may do the same again. The ingester checks all
+of them before registering a scan (`locate_dataset`, then `check_storage`), and the
+Tiled adapter checks the registered dataset again at every read, because a file can
+change after it was registered (`check_registered_dataset`).
+
+Names are resolved as libhdf5 resolves them when no prefix is configured (the stack
+sets none): an external link or a virtual source named relatively is looked for beside
+the file that names it. External raw storage named relatively is refused: libhdf5 looks
+for it relative to the reading process's working folder, which is not under the roots.
+"""
+
+from __future__ import annotations
+
+import posixpath
+from pathlib import Path
+
+import h5py
+
+MAX_FILES = 16  # files one dataset may lead through (links, virtual sources): a loop or a maze is refused
+
+
+class OutsideRoots(ValueError):
+    """A dataset's bytes would come from a file outside the data roots, or from something that is not a plain file."""
+
+
+def within_roots(path: Path, roots: list[Path]) -> Path:
+    """The path with symlinks and `..` resolved, if it is a regular file under one of the roots."""
+    resolved = Path(path).resolve()
+    if not any(resolved.is_relative_to(root) for root in roots):
+        raise OutsideRoots(f"{path} is outside the data roots ({', '.join(str(root) for root in roots)})")
+    if resolved.exists() and not resolved.is_file():
+        raise OutsideRoots(f"{path} is not a regular file")
+    return resolved
+
+
+def locate_dataset(file_path: Path, dataset_path: str, roots: list[Path], visited: int = 0) -> tuple[Path, str]:
+    """(file, path in it) that hold the dataset once every external link on the way is followed.
+
+    Each file on the way must lie under the roots. Soft links are followed within a file,
+    since one may lead on through an external link.
+    """
+    if visited >= MAX_FILES:
+        raise OutsideRoots(f"{file_path}:{dataset_path} leads through more than {MAX_FILES} files")
+    file_path = within_roots(file_path, roots)
+    with h5py.File(file_path, "r") as file:
+        found = external_link_on_the_way(file, dataset_path)
+    if found is None:
+        return file_path, _normalised(dataset_path)
+    link, remainder = found
+    target = Path(link.filename)
+    target = target if target.is_absolute() else file_path.parent / target
+    return locate_dataset(target, posixpath.join(link.path, remainder), roots, visited + 1)
+
+
+def check_storage(file_path: Path, dataset_path: str, roots: list[Path], visited: int = 0) -> int:
+    """Refuse a dataset whose bytes are stored outside the roots; how many files were checked in all.
+
+    `dataset_path` must lead to the dataset without external links (see `locate_dataset`);
+    `visited` counts the files checked before this one, against MAX_FILES.
+    """
+    if visited >= MAX_FILES:
+        raise OutsideRoots(f"{file_path}:{dataset_path} reads from more than {MAX_FILES} files")
+    file_path = within_roots(file_path, roots)
+    with h5py.File(file_path, "r") as file:
+        dataset = file[dataset_path]
+        if not isinstance(dataset, h5py.Dataset):
+            raise OutsideRoots(f"{file_path}:{dataset_path} is not a dataset")
+        _check_external_storage(dataset, file_path, roots)
+        sources = dataset.virtual_sources() if dataset.is_virtual else []
+    visited += 1
+    for source in sources:
+        name = Path(source.file_name)
+        source_file = file_path if source.file_name == "." else (name if name.is_absolute() else file_path.parent / name)
+        located_file, located_path = locate_dataset(source_file, source.dset_name, roots, visited)
+        visited = check_storage(located_file, located_path, roots, visited)
+    return visited
+
+
+def check_registered_dataset(file_path: Path, dataset_path: str, roots: list[Path]) -> None:
+    """What the Tiled adapter asks before each read: the registered dataset reads nothing outside the roots.
+
+    A registered dataset was reached without external links; one found on the way now
+    means the file changed, and it is refused rather than followed.
+    """
+    file_path = within_roots(file_path, roots)
+    with h5py.File(file_path, "r") as file:
+        found = external_link_on_the_way(file, dataset_path)
+    if found is not None:
+        raise OutsideRoots(f"{file_path}:{dataset_path} now goes through an external link to {found[0].filename}")
+    check_storage(file_path, dataset_path, roots)
+
+
+def _check_external_storage(dataset: h5py.Dataset, file_path: Path, roots: list[Path]) -> None:
+    for name, _, _ in dataset.external or []:
+        name = name.decode() if isinstance(name, bytes) else name
+        if not Path(name).is_absolute():
+            raise OutsideRoots(
+                f"{file_path}:{dataset.name} stores its data in the external file {name!r}, named relative "
+                "to the reading process's folder; only absolute names under the data roots are accepted"
+            )
+        try:
+            within_roots(Path(name), roots)
+        except OutsideRoots as reason:
+            raise OutsideRoots(f"{file_path}:{dataset.name} stores its data in an external file: {reason}") from None
+
+
+def external_link_on_the_way(file: h5py.File, dataset_path: str) -> tuple[h5py.ExternalLink, str] | None:
+    """The first external link met walking to `dataset_path` (soft links followed), with the path left after it."""
+    parts = [part for part in _normalised(dataset_path).split("/") if part]
+    current, hops = "/", 0
+    while parts:
+        part = parts.pop(0)
+        here = posixpath.join(current, part)
+        link = file.get(here, getlink=True)
+        if link is None:
+            raise KeyError(f"no {here} in {file.filename}")
+        if isinstance(link, h5py.ExternalLink):
+            return link, "/".join(parts)
+        if isinstance(link, h5py.SoftLink):
+            hops += 1
+            if hops > 64:
+                raise OutsideRoots(f"{file.filename}:{dataset_path} loops through soft links")
+            target = link.path if link.path.startswith("/") else posixpath.join(current, link.path)
+            parts = [piece for piece in _normalised(target).split("/") if piece] + parts
+            current = "/"
+            continue
+        current = here
+    return None
+
+
+def _normalised(dataset_path: str) -> str:
+    return posixpath.normpath("/" + dataset_path.lstrip("/"))

@@ -1,0 +1,157 @@
+"""HDF5 files under the data roots that would serve bytes from elsewhere: refused at registration and at every read."""
+
+from __future__ import annotations
+
+import os
+import shutil
+
+import h5py
+import httpx
+import numpy as np
+import pytest
+
+from ingester.errors import Rejected
+from ingester.messages import IngestMessage
+from ingester.processor import Processor
+from mlex_tomo.hdf5_sources import OutsideRoots, check_registered_dataset, check_storage, locate_dataset
+from tests.services import Services
+
+SHAPE = (4, 8, 8)
+SECRET = (b"tiled-api-key-" * 1000)[: int(np.prod(SHAPE))]  # what must never be served
+
+
+@pytest.fixture
+def folders(tmp_path):
+    root, outside = tmp_path / "root", tmp_path / "outside"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "secret").write_bytes(SECRET)
+    with h5py.File(outside / "volume.h5", "w") as file:
+        file["data"] = np.frombuffer(SECRET, np.uint8).reshape(SHAPE)
+    return root.resolve(), outside.resolve()
+
+
+def external_storage(path, target) -> None:
+    with h5py.File(path, "w") as file:
+        file.create_dataset("data", SHAPE, np.uint8, external=[(str(target), 0, len(SECRET))])
+
+
+def virtual(path, source_file, source_dataset="data") -> None:
+    layout = h5py.VirtualLayout(SHAPE, np.uint8)
+    layout[:] = h5py.VirtualSource(str(source_file), source_dataset, SHAPE, np.uint8)
+    with h5py.File(path, "w") as file:
+        file.create_virtual_dataset("data", layout)
+
+
+def plain(path, values=None) -> None:
+    with h5py.File(path, "w") as file:
+        file["data"] = np.zeros(SHAPE, np.uint8) if values is None else values
+
+
+def test_external_raw_storage_outside_the_roots_or_named_relatively_is_refused(folders):
+    root, outside = folders
+    external_storage(root / "abs.h5", outside / "secret")
+    with pytest.raises(OutsideRoots, match=r"stores its data in an external file: .*secret is outside the data roots"):
+        check_storage(root / "abs.h5", "data", [root])
+    external_storage(root / "relative.h5", "secret")
+    with pytest.raises(OutsideRoots, match="named relative to the reading process's folder"):
+        check_storage(root / "relative.h5", "data", [root])
+    (root / "raw").write_bytes(bytes(len(SECRET)))
+    external_storage(root / "inside.h5", root / "raw")
+    assert check_storage(root / "inside.h5", "data", [root]) == 1
+
+
+def test_a_virtual_dataset_is_checked_source_by_source_and_through_its_sources(folders):
+    root, outside = folders
+    virtual(root / "out.h5", outside / "volume.h5")
+    with pytest.raises(OutsideRoots, match="volume.h5 is outside the data roots"):
+        check_storage(root / "out.h5", "data", [root])
+    external_storage(root / "leaky.h5", outside / "secret")
+    virtual(root / "through.h5", "leaky.h5")  # a source under the roots that itself reads from outside
+    with pytest.raises(OutsideRoots, match="stores its data in an external file"):
+        check_storage(root / "through.h5", "data", [root])
+    plain(root / "part.h5")
+    virtual(root / "fine.h5", "part.h5")  # relative: beside the virtual file, as libhdf5 looks for it
+    assert check_storage(root / "fine.h5", "data", [root]) == 2
+
+
+def test_external_links_are_followed_only_within_the_roots(folders):
+    root, outside = folders
+    with h5py.File(root / "link.h5", "w") as file:
+        file["entry/data"] = h5py.ExternalLink(str(outside / "volume.h5"), "/data")
+        file["group"] = h5py.ExternalLink(str(outside / "volume.h5"), "/")  # an intermediate group
+        file["soft"] = h5py.SoftLink("/group/data")
+    for dataset in ("entry/data", "group/data", "soft"):
+        with pytest.raises(OutsideRoots, match="volume.h5 is outside the data roots"):
+            locate_dataset(root / "link.h5", dataset, [root])
+    plain(root / "target.h5")
+    with h5py.File(root / "savu.h5", "w") as file:
+        file["entry/final_result_tomo/data"] = h5py.ExternalLink("target.h5", "/data")
+    assert locate_dataset(root / "savu.h5", "entry/final_result_tomo/data", [root]) == (root / "target.h5", "/data")
+    with pytest.raises(OutsideRoots, match="now goes through an external link"):
+        check_registered_dataset(root / "savu.h5", "entry/final_result_tomo/data", [root])
+
+
+def test_symlinks_and_fifos_are_refused_before_anything_is_opened(folders):
+    root, outside = folders
+    (root / "linked.h5").symlink_to(outside / "volume.h5")
+    with pytest.raises(OutsideRoots, match="linked.h5 is outside the data roots"):
+        check_registered_dataset(root / "linked.h5", "data", [root])
+    os.mkfifo(root / "fifo.h5")  # opening it would block for ever
+    with h5py.File(root / "to-fifo.h5", "w") as file:
+        file["data"] = h5py.ExternalLink(str(root / "fifo.h5"), "/data")
+    with pytest.raises(OutsideRoots, match="fifo.h5 is not a regular file"):
+        locate_dataset(root / "to-fifo.h5", "data", [root])
+
+
+@pytest.fixture(scope="module")
+def tiled(tmp_path_factory):
+    services = Services(tmp_path_factory.mktemp("hostile"))
+    try:
+        services.start("tiled")
+        yield services
+    finally:
+        services.stop_all()
+
+
+def anonymous_bytes(services, key: str) -> httpx.Response:
+    url = f"{services.settings.tiled.base_url}/api/v1/array/full/recons/{key}/data"
+    return httpx.get(url, params={"format": "application/octet-stream"}, timeout=30)
+
+
+@pytest.mark.stack
+def test_hostile_files_are_refused_with_their_reason_and_nothing_is_registered(tiled, tmp_path):
+    root = tiled.recons_root.resolve()
+    outside = tmp_path.resolve()
+    (outside / "secret").write_bytes(SECRET)
+    plain(outside / "volume.h5", np.frombuffer(SECRET, np.uint8).reshape(SHAPE))
+    external_storage(root / "hostile-storage.h5", outside / "secret")
+    virtual(root / "hostile-virtual.h5", outside / "volume.h5")
+    with h5py.File(root / "hostile-link.h5", "w") as file:
+        file["entry/data/data"] = h5py.ExternalLink(str(outside / "volume.h5"), "/data")
+    processor = Processor(tiled.settings)
+    for name, reason in [
+        ("hostile-storage.h5", "stores its data in an external file"),
+        ("hostile-virtual.h5", "volume.h5 is outside the data roots"),
+        ("hostile-link.h5", "volume.h5 is outside the data roots"),
+    ]:
+        with pytest.raises(Rejected, match=reason):
+            processor.process(IngestMessage(filePath=str(root / name)))
+    assert not any(key.startswith("hostile") for key in tiled.tiled()["recons"])
+
+
+@pytest.mark.stack
+def test_a_registered_file_changed_to_read_from_outside_is_not_served(tiled, tmp_path):
+    root = tiled.recons_root.resolve()
+    (tmp_path / "secret").write_bytes(SECRET)
+    changing = root / "changing.h5"
+    plain(changing, np.full(SHAPE, 7, np.uint8))
+    Processor(tiled.settings).process(IngestMessage(filePath=str(changing)))
+    served = anonymous_bytes(tiled, "changing")
+    assert served.status_code == 200 and served.content == bytes([7]) * len(SECRET)
+
+    replacement = root / "replacement.h5"
+    external_storage(replacement, tmp_path.resolve() / "secret")
+    shutil.move(replacement, changing)  # the same registered path now stores its data outside
+    refused = anonymous_bytes(tiled, "changing")
+    assert refused.status_code >= 400 and SECRET[:64] not in refused.content

@@ -22,7 +22,7 @@ from tiled.structures.data_source import Asset, DataSource, Management
 from tiled.utils import ensure_uri
 
 from ingester.errors import Rejected, Unreadable
-from mlex_tomo.hdf5_sources import OutsideRoots, check_storage, external_link_on_the_way, locate_dataset
+from mlex_tomo.readable_files import OutsideRoots, check_folder, check_storage, external_link_on_the_way, locate_dataset, within_roots
 
 HDF5_SUFFIXES = {".nxs", ".h5", ".hdf5", ".hdf", ".nx5"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -76,15 +76,17 @@ def describe(path: Path, roots: list[Path], hdf5_dataset: str | None = None) -> 
     try:
         if path.is_dir():
             if is_zarr_store(path):
-                return _describe_zarr(path)
-            return _describe_tiff_stack(path)
+                return _describe_zarr(path, roots)
+            return _describe_tiff_stack(path, roots)
         suffix = path.suffix.lower()
         if suffix in HDF5_SUFFIXES:
             return _describe_hdf5(path, roots, hdf5_dataset)
         if suffix in TIFF_SUFFIXES:
-            return _describe_multipage_tiff(path)
+            return _describe_multipage_tiff(within_roots(path, roots))
     except Rejected:
         raise
+    except OutsideRoots as reason:
+        raise Rejected(f"{path} reads from outside the data roots: {reason}") from None
     except (OSError, KeyError, ValueError, TypeError) as error:
         raise Unreadable(f"cannot read {path}: {error}") from None
     raise Rejected(
@@ -138,7 +140,7 @@ def _describe_hdf5(path: Path, roots: list[Path], hdf5_dataset: str | None) -> S
     )
     arrays = [volume]
     if file_format == "savu-nexus":
-        arrays += [_describe_tiff_saver(folder) for folder in sorted(path.parent.glob("TiffSaver*")) if folder.is_dir()]
+        arrays += [_describe_tiff_saver(folder, roots) for folder in sorted(path.parent.glob("TiffSaver*")) if folder.is_dir()]
     return ScanDescription(path, scan_id_for(path), file_format, arrays, metadata)
 
 
@@ -184,7 +186,8 @@ def _savu_metadata(file: h5py.File) -> dict[str, Any]:
     return metadata
 
 
-def _describe_zarr(path: Path) -> ScanDescription:
+def _describe_zarr(path: Path, roots: list[Path]) -> ScanDescription:
+    check_folder(path, roots)  # a chunk linked to a file outside the roots would be served as the array's bytes
     array = zarr.open(str(path), mode="r")
     data_uri_path = path
     if isinstance(array, zarr.Group):
@@ -204,17 +207,17 @@ def _describe_zarr(path: Path) -> ScanDescription:
     return ScanDescription(path, scan_id_for(path), "zarr", [volume])
 
 
-def _describe_tiff_stack(folder: Path) -> ScanDescription:
-    source = _tiff_sequence(folder, key=VOLUME_KEY, axes=AXES_ZYX)
+def _describe_tiff_stack(folder: Path, roots: list[Path]) -> ScanDescription:
+    source = _tiff_sequence(folder, roots, key=VOLUME_KEY, axes=AXES_ZYX)
     return ScanDescription(folder, scan_id_for(folder), "tiff-stack", [source])
 
 
-def _describe_tiff_saver(folder: Path) -> ArraySource:
+def _describe_tiff_saver(folder: Path, roots: list[Path]) -> ArraySource:
     key = _KEY_UNSAFE.sub("_", folder.name)
-    return _tiff_sequence(folder, key=key, axes=TIFF_SAVER_AXES)
+    return _tiff_sequence(folder, roots, key=key, axes=TIFF_SAVER_AXES)
 
 
-def _tiff_sequence(folder: Path, key: str, axes: list[str]) -> ArraySource:
+def _tiff_sequence(folder: Path, roots: list[Path], key: str, axes: list[str]) -> ArraySource:
     numbered = []
     for file in folder.iterdir():
         match = _NUMBERED.match(file.stem)
@@ -222,7 +225,7 @@ def _tiff_sequence(folder: Path, key: str, axes: list[str]) -> ArraySource:
             numbered.append((int(match.group(2)), file))
     if not numbered:
         raise Rejected(f"{folder} holds no numbered TIFF files")
-    files = [file for _, file in sorted(numbered)]
+    files = [within_roots(file, roots) for _, file in sorted(numbered)]  # each one a plain file under the roots
     first, last = (_tiff_plane(file) for file in (files[0], files[-1]))
     if first != last:
         raise Rejected(f"TIFF files in {folder} differ in shape or type: {first} vs {last}")

@@ -1,14 +1,18 @@
-"""A Tiled adapter for HDF5 volumes that reads only the selection a request asks for.
+"""Tiled adapters for registered volumes: files checked before every read, HDF5 read by selection.
 
-Tiled 0.2.18's own HDF5 array adapter builds, for every request, a Dask graph with one
-task per chunk of the whole dataset and reopens the file for each chunk it reads: 92 ms
-for one 2048² plane of a 256-deep volume and 261 ms at 2048 deep, against 3 ms with h5py
-(docs/benchmarks.md). Every client pays it: the web app's slice viewer and the
-segmentation job's slab reads alike. This adapter answers the same requests with one h5py
-read. It is named in tiled_config/config.yml (`adapters_by_mimetype`) and falls back to
-Tiled's own adapter for what it does not cover: groups, datasets spread over several
-files, sliced or squeezed registrations and object dtypes. Before either serves a
-dataset, every file its bytes come from is checked to lie under the readable roots.
+Every adapter named in tiled_config/config.yml (`adapters_by_mimetype`) first checks
+that what it is about to read lies under the readable roots (mlex_tomo/readable_files.py):
+a registered file may have changed since registration, into a link or a dataset that
+reads from elsewhere. TIFF and Zarr are then served by Tiled's own adapters.
+
+HDF5 gets its own: Tiled 0.2.18's HDF5 array adapter builds, for every request, a Dask
+graph with one task per chunk of the whole dataset and reopens the file for each chunk
+it reads: 92 ms for one 2048² plane of a 256-deep volume and 261 ms at 2048 deep,
+against 3 ms with h5py (docs/benchmarks.md). Every client pays it: the web app's slice
+viewer and the segmentation job's slab reads alike. This adapter answers the same
+requests with one h5py read, and falls back to Tiled's own adapter for what it does not
+cover: datasets spread over several files, sliced or squeezed registrations and object
+dtypes.
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ import numpy as np
 from numpy.typing import NDArray
 from tiled.adapters.array import ArrayAdapter
 from tiled.adapters.hdf5 import SWMR_DEFAULT, HDF5Adapter, get_hdf5_attrs, h5open
+from tiled.adapters.tiff import TiffAdapter, TiffSequenceAdapter
+from tiled.adapters.zarr import ZarrAdapter
 from tiled.ndslice import NDBlock, NDSlice
 from tiled.structures.array import ArrayStructure
 from tiled.structures.core import StructureFamily
-from tiled.structures.data_source import DataSource
+from tiled.structures.data_source import DataSource, Management
 from tiled.utils import path_from_uri
 
-from mlex_tomo.hdf5_sources import OutsideRoots, check_registered_dataset
+from mlex_tomo.readable_files import OutsideRoots, check_registered_dataset, within_roots
 
 BLOCK_BYTES = 64 * 2**20  # the most a strided read holds before striding it
 
@@ -48,11 +54,47 @@ def readable_roots() -> list[Path]:
 
 
 def check_hdf5_source(data_source: DataSource, dataset: str | list[str]) -> None:
-    """Refuse to serve a registered HDF5 dataset that now reads from outside the roots (mlex_tomo/hdf5_sources.py)."""
+    """Refuse to serve a registered HDF5 dataset that now reads from outside the roots (mlex_tomo.readable_files.py)."""
     dataset = dataset if isinstance(dataset, str) else "/".join(dataset)
     roots = readable_roots()
     for asset in data_source.assets:
         check_registered_dataset(Path(path_from_uri(asset.data_uri)), dataset, roots)
+
+
+def check_external_files(data_source: DataSource) -> None:
+    """Refuse to serve a registered file or folder that now resolves outside the roots, or is no longer a plain file."""
+    if data_source.management != Management.external:
+        return  # masks and results, written through Tiled into its own storage
+    roots = readable_roots()
+    for asset in data_source.assets:
+        within_roots(Path(path_from_uri(asset.data_uri)), roots, directory=asset.is_directory)
+
+
+class TiffVolumeAdapter:
+    """Tiled's multi-page TIFF adapter, behind the check of the registered file."""
+
+    @classmethod
+    def from_catalog(cls, data_source: DataSource, node: Any, /, **parameters: Any) -> Any:
+        check_external_files(data_source)
+        return TiffAdapter.from_catalog(data_source, node, **parameters)
+
+
+class TiffSequenceVolumeAdapter:
+    """Tiled's TIFF sequence adapter, behind the check of every registered file."""
+
+    @classmethod
+    def from_catalog(cls, data_source: DataSource, node: Any, /, **parameters: Any) -> Any:
+        check_external_files(data_source)
+        return TiffSequenceAdapter.from_catalog(data_source, node, **parameters)
+
+
+class ZarrVolumeAdapter:
+    """Tiled's Zarr adapter, behind the check of a registered store's folder (its chunks are checked at registration)."""
+
+    @classmethod
+    def from_catalog(cls, data_source: DataSource, node: Any, /, **parameters: Any) -> Any:
+        check_external_files(data_source)
+        return ZarrAdapter.from_catalog(data_source, node, **parameters)
 
 
 class HDF5VolumeAdapter:

@@ -1,4 +1,4 @@
-"""HDF5 files under the data roots that would serve bytes from elsewhere: refused at registration and at every read."""
+"""Files under the data roots that would serve bytes from elsewhere: refused at registration and at every read."""
 
 from __future__ import annotations
 
@@ -9,11 +9,13 @@ import h5py
 import httpx
 import numpy as np
 import pytest
+import tifffile
+import zarr
 
 from ingester.errors import Rejected
 from ingester.messages import IngestMessage
 from ingester.processor import Processor
-from mlex_tomo.hdf5_sources import OutsideRoots, check_registered_dataset, check_storage, locate_dataset
+from mlex_tomo.readable_files import OutsideRoots, check_folder, check_registered_dataset, check_storage, locate_dataset
 from tests.services import Services
 
 SHAPE = (4, 8, 8)
@@ -104,6 +106,18 @@ def test_symlinks_and_fifos_are_refused_before_anything_is_opened(folders):
         locate_dataset(root / "to-fifo.h5", "data", [root])
 
 
+def test_a_zarr_store_with_a_chunk_linked_out_of_the_roots_is_refused(folders):
+    root, outside = folders
+    store = root / "volume.zarr"
+    zarr.create_array(str(store), shape=SHAPE, chunks=(1, 8, 8), dtype=np.uint8, compressors=None)[:] = 1
+    check_folder(store, [root])
+    chunk = next(path for path in store.rglob("*") if path.is_file() and "zarr.json" not in path.name)
+    chunk.unlink()
+    chunk.symlink_to(outside / "secret")
+    with pytest.raises(OutsideRoots, match="secret|outside the data roots"):
+        check_folder(store, [root])
+
+
 @pytest.fixture(scope="module")
 def tiled(tmp_path_factory):
     services = Services(tmp_path_factory.mktemp("hostile"))
@@ -129,11 +143,17 @@ def test_hostile_files_are_refused_with_their_reason_and_nothing_is_registered(t
     virtual(root / "hostile-virtual.h5", outside / "volume.h5")
     with h5py.File(root / "hostile-link.h5", "w") as file:
         file["entry/data/data"] = h5py.ExternalLink(str(outside / "volume.h5"), "/data")
+    tiffs = root / "hostile-tiffs"
+    tiffs.mkdir()
+    tifffile.imwrite(tiffs / "slice_0000.tif", np.zeros(SHAPE[1:], np.uint8))
+    tifffile.imwrite(outside / "theirs.tif", np.full(SHAPE[1:], 9, np.uint8))
+    (tiffs / "slice_0001.tif").symlink_to(outside / "theirs.tif")
     processor = Processor(tiled.settings)
     for name, reason in [
         ("hostile-storage.h5", "stores its data in an external file"),
         ("hostile-virtual.h5", "volume.h5 is outside the data roots"),
         ("hostile-link.h5", "volume.h5 is outside the data roots"),
+        ("hostile-tiffs", "slice_0001.tif is outside the data roots"),
     ]:
         with pytest.raises(Rejected, match=reason):
             processor.process(IngestMessage(filePath=str(root / name)))
@@ -155,3 +175,20 @@ def test_a_registered_file_changed_to_read_from_outside_is_not_served(tiled, tmp
     shutil.move(replacement, changing)  # the same registered path now stores its data outside
     refused = anonymous_bytes(tiled, "changing")
     assert refused.status_code >= 400 and SECRET[:64] not in refused.content
+
+
+@pytest.mark.stack
+def test_a_registered_tiff_replaced_by_a_link_out_of_the_roots_is_not_served(tiled, tmp_path):
+    root = tiled.recons_root.resolve()
+    tiffs = root / "turned"
+    tiffs.mkdir()
+    for index in range(2):
+        tifffile.imwrite(tiffs / f"slice_{index:04d}.tif", np.full(SHAPE[1:], 3, np.uint8))
+    Processor(tiled.settings).process(IngestMessage(filePath=str(tiffs)))
+    assert anonymous_bytes(tiled, "turned").status_code == 200
+
+    tifffile.imwrite(tmp_path / "theirs.tif", np.full(SHAPE[1:], 9, np.uint8))
+    (tiffs / "slice_0001.tif").unlink()
+    (tiffs / "slice_0001.tif").symlink_to(tmp_path / "theirs.tif")
+    refused = anonymous_bytes(tiled, "turned")
+    assert refused.status_code >= 400 and bytes([9]) * 8 not in refused.content

@@ -1,4 +1,4 @@
-"""Where an HDF5 dataset's bytes really come from, and the refusal of any source outside the data roots.
+"""Where a registered file's bytes really come from, and the refusal of any source outside the data roots.
 
 An HDF5 file under the roots can still serve bytes from elsewhere: an external link on
 the way to the dataset (to another HDF5 file), external raw storage (any file at all,
@@ -16,6 +16,7 @@ for it relative to the reading process's working folder, which is not under the 
 
 from __future__ import annotations
 
+import os
 import posixpath
 from pathlib import Path
 
@@ -28,14 +29,36 @@ class OutsideRoots(ValueError):
     """A dataset's bytes would come from a file outside the data roots, or from something that is not a plain file."""
 
 
-def within_roots(path: Path, roots: list[Path]) -> Path:
-    """The path with symlinks and `..` resolved, if it is a regular file under one of the roots."""
+def within_roots(path: Path, roots: list[Path], directory: bool = False) -> Path:
+    """The path with symlinks and `..` resolved, if it is a regular file (or a folder) under one of the roots."""
     resolved = Path(path).resolve()
     if not any(resolved.is_relative_to(root) for root in roots):
         raise OutsideRoots(f"{path} is outside the data roots ({', '.join(str(root) for root in roots)})")
-    if resolved.exists() and not resolved.is_file():
-        raise OutsideRoots(f"{path} is not a regular file")
+    if resolved.exists() and not (resolved.is_dir() if directory else resolved.is_file()):
+        raise OutsideRoots(f"{path} is not a {'folder' if directory else 'regular file'}")
     return resolved
+
+
+def check_folder(folder: Path, roots: list[Path]) -> None:
+    """Refuse a folder (a Zarr store) holding a link out of the roots or anything but files and folders.
+
+    Reads the folder listings only: symlinks are resolved, nothing else is opened.
+    """
+    pending = [within_roots(folder, roots, directory=True)]
+    seen = set(pending)
+    while pending:
+        with os.scandir(pending.pop()) as entries:
+            for entry in entries:
+                if entry.is_symlink():
+                    linked_folder = Path(entry.path).is_dir()
+                    target = within_roots(Path(entry.path), roots, directory=linked_folder)
+                    if linked_folder and target not in seen:
+                        seen.add(target)
+                        pending.append(target)
+                elif entry.is_dir(follow_symlinks=False):
+                    pending.append(Path(entry.path))
+                elif not entry.is_file(follow_symlinks=False):
+                    raise OutsideRoots(f"{entry.path} is not a regular file")
 
 
 def locate_dataset(file_path: Path, dataset_path: str, roots: list[Path], visited: int = 0) -> tuple[Path, str]:

@@ -182,7 +182,7 @@ def test_messages_published_while_the_ingester_is_down_are_not_lost(services, br
 def test_an_ingester_started_on_its_own_registers_the_scans_already_on_disk(services):
     """What the compose install's ingester does at start; `mlex-tomo up` does it itself, and reports it."""
     assert services.stop("ingester") == 0
-    for name, file_format in (("on-disk-hdf5", "hdf5"), ("on-disk-zarr", "zarr")):
+    for name, file_format in (("on-disk-hdf5", "hdf5"), ("on-disk-zarr", "zarr3")):
         simulate(services, name, file_format)  # never announced
     services.reconfigure(register_existing=True)
     try:

@@ -64,14 +64,15 @@ def _require_basic_auth(server: Flask, settings: StackSettings) -> None:
     """HTTP basic auth on every route, pages, callbacks and images alike."""
     username = settings.ui.username or ""
     password = settings.ui.password.get_secret_value() if settings.ui.password else ""
-    expected = base64.b64encode(f"{username}:{password}".encode()).decode()
+    expected = base64.b64encode(f"{username}:{password}".encode())
 
     @server.before_request
     def check_credentials() -> Response | None:
         if request.path == "/healthz":
             return None
         given = request.headers.get("Authorization", "")
-        if given.startswith("Basic ") and secrets.compare_digest(given[len("Basic "):], expected):
+        # Compared as bytes: compare_digest refuses a str with non-ASCII characters (a 500, not a 401).
+        if given.startswith("Basic ") and secrets.compare_digest(given[len("Basic "):].encode("latin-1", "replace"), expected):
             return None
         return Response(
             "Log in to use mlex-tomo.", 401, {"WWW-Authenticate": 'Basic realm="mlex-tomo", charset="UTF-8"'}

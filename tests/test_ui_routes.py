@@ -185,6 +185,8 @@ def test_login_guards_every_route_but_the_health_check(services, tmp_path):
     right = base64.b64encode(b"beamline:s3cret-words").decode()
     assert guarded.get("/slices/scan/z/0.png", headers={"Authorization": f"Basic {right}"}).status_code == 200
     assert guarded.get("/healthz").status_code == 200
+    for odd in ("Basic bé€ü", "Basic \u00ff\u00fe", "Bearer x", "Basic "):
+        assert guarded.get("/", headers={"Authorization": odd}).status_code == 401, odd
 
 
 @pytest.mark.stack

@@ -41,6 +41,7 @@ ASSET_PARAMETER = {
     "application/x-zarr": "data_uri",
     "image/tiff": "data_uri",
 }
+NUMERIC_KINDS = "iuf"  # signed and unsigned integers, floats: what the viewer windows and the models read
 _NUMBERED = re.compile(r"^(.*?)(\d+)$")
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -73,6 +74,22 @@ class ScanDescription:
 
 def describe(path: Path, roots: list[Path], hdf5_dataset: str | None = None) -> ScanDescription:
     """Describe the scan at `path` (already checked to exist and to lie in `roots`)."""
+    description = _describe_format(path, roots, hdf5_dataset)
+    for array in description.arrays:
+        _check_servable(array.structure, f"{path} ({array.key})")
+    return description
+
+
+def _check_servable(structure: ArrayStructure, where: str) -> None:
+    """Refuse what the stack can neither show nor segment, rather than fail on it later."""
+    if 0 in structure.shape:
+        raise Rejected(f"{where} is empty: its shape is {tuple(structure.shape)}")
+    dtype = structure.data_type.to_numpy_dtype() if hasattr(structure.data_type, "to_numpy_dtype") else None
+    if dtype is None or dtype.kind not in NUMERIC_KINDS:
+        raise Rejected(f"{where} holds {dtype if dtype is not None else 'structured'} values, not numbers (integers or floats)")
+
+
+def _describe_format(path: Path, roots: list[Path], hdf5_dataset: str | None) -> ScanDescription:
     try:
         if path.is_dir():
             if is_zarr_store(path):

@@ -15,6 +15,7 @@ import zarr
 from ingester.errors import Rejected
 from ingester.messages import IngestMessage
 from ingester.processor import Processor
+from ingester.sources import describe
 from mlex_tomo.readable_files import OutsideRoots, check_folder, check_registered_dataset, check_storage, locate_dataset
 from tests.services import Services
 
@@ -192,3 +193,20 @@ def test_a_registered_tiff_replaced_by_a_link_out_of_the_roots_is_not_served(til
     (tiffs / "slice_0001.tif").symlink_to(tmp_path / "theirs.tif")
     refused = anonymous_bytes(tiled, "turned")
     assert refused.status_code >= 400 and bytes([9]) * 8 not in refused.content
+
+
+@pytest.mark.parametrize(
+    ("values", "reason"),
+    [
+        (np.zeros((0, 16, 16), np.float32), r"is empty: its shape is \(0, 16, 16\)"),
+        (np.zeros((2, 4, 4), [("a", "<i4"), ("b", "<f8")]), "not numbers"),
+        (np.zeros((2, 4, 4), np.complex64), "holds complex64 values, not numbers"),
+        (np.zeros((2, 4, 4), bool), "holds bool values, not numbers"),
+    ],
+    ids=["empty", "compound", "complex", "bool"],
+)
+def test_volumes_the_stack_cannot_show_or_segment_are_refused(folders, values, reason):
+    root, _ = folders
+    plain(root / "odd.h5", values)
+    with pytest.raises(Rejected, match=reason):
+        describe(root / "odd.h5", [root])

@@ -17,6 +17,22 @@ def test_a_savu_message_keeps_every_producer_field():
     assert message.producer_fields() == json.loads(body)
 
 
+def test_producer_fields_are_kept_within_bounds_and_the_ones_left_out_are_named():
+    fields = {"beamline": "k11", "huge": "x" * 10 * 2**20, "many": ["v" * 900] * 3, "n" * 500: 1}
+    fields.update({f"field{index}": "y" * 900 for index in range(12)})
+    message = IngestMessage.from_body(json.dumps({"filePath": "/data/scan.nxs", **fields}))
+    kept = message.producer_fields()
+    assert kept["beamline"] == "k11" and kept["filePath"] == "/data/scan.nxs"
+    assert {"huge", "many", "n" * 128} <= set(kept["fields_left_out"]) and "huge" not in kept
+    assert len(json.dumps(kept)) < 16 * 1024
+    assert "field0" in kept and "field11" in kept["fields_left_out"]  # the total is bounded too
+
+
+def test_a_path_longer_than_any_file_system_allows_is_refused():
+    with pytest.raises(Rejected, match="filePath: String should have at most 4096 characters"):
+        IngestMessage.from_body(json.dumps({"filePath": "/" + "a" * 20_000}))
+
+
 @pytest.mark.parametrize(
     ("status", "final"),
     [(None, True), ("COMPLETE", True), ("complete", True), (" FINISHED ", True), ("RUNNING", False), ("FAILED", False)],

@@ -6,6 +6,7 @@ import contextlib
 import io
 import os
 import shutil
+import stat
 import socket
 import threading
 import uuid
@@ -75,6 +76,19 @@ def test_registering_the_scans_on_disk_again_adds_nothing(own_stack):
 
     assert again.registered == [] and again.unchanged >= len(SAMPLE_SCANS) and again.skipped == 1
     assert set(recons) == before
+
+
+def test_no_log_holds_a_secret_and_only_their_owner_reads_them(own_stack):
+    """Tiled's own start-up banner printed `?api_key=<key>` into a world-readable log."""
+    key = own_stack.settings.tiled.api_key.get_secret_value()
+    logs = own_stack.data_dir / "logs"
+    assert stat.S_IMODE(logs.stat().st_mode) == 0o700
+    every_log = [path for path in own_stack.data_dir.rglob("*") if path.is_file() and (path.suffix == ".log" or path.parent == logs)]
+    assert {path.name for path in every_log} >= {f"{name}.log" for name in SERVICES}
+    for path in every_log:
+        assert key not in path.read_text(errors="replace"), f"the Tiled API key is in {path}"
+    for path in logs.iterdir():
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
 
 
 def test_each_service_writes_its_log(own_stack):

@@ -27,8 +27,7 @@ class ManagedProcess:
     process: subprocess.Popen | None = None
 
     def start(self) -> None:
-        self.log_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.log_path, "ab") as log:
+        with open_private_log(self.log_path) as log:
             self.process = subprocess.Popen(
                 list(self.argv),
                 stdin=subprocess.DEVNULL,
@@ -89,3 +88,16 @@ def _signal_group(leader_pid: int, signum: int) -> None:
         os.killpg(leader_pid, signum)
     except ProcessLookupError:
         pass
+
+
+def open_private_log(path: Path):
+    """Append to a log only its owner may read, in a folder only its owner may list.
+
+    Logs hold what services print about themselves: hosts, users, paths, and whatever a
+    third-party service prints that we did not foresee.
+    """
+    path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    path.parent.chmod(0o700)
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
+    os.fchmod(descriptor, 0o600)
+    return os.fdopen(descriptor, "ab")

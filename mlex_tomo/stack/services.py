@@ -64,7 +64,7 @@ def tiled_service(settings: StackSettings) -> Service:
     return Service(
         name="tiled",
         command=[
-            sys.executable, "-m", "tiled", "serve", "config", str(tiled.config_path),
+            sys.executable, "-m", "mlex_tomo.stack.tiled_server", str(tiled.config_path),
             "--host", tiled.host, "--port", str(tiled.port),
         ],
         probe=tiled_health,

@@ -24,7 +24,7 @@ from pydantic import SecretStr
 from mlex_tomo.settings import StackSettings
 from mlex_tomo.stack import activemq
 from mlex_tomo.stack.health import Health
-from mlex_tomo.stack.processes import ManagedProcess
+from mlex_tomo.stack.processes import ManagedProcess, open_private_log
 from mlex_tomo.stack.services import Service, embedded_services, write_child_settings
 
 PROBE_INTERVAL_SECONDS = 0.5
@@ -87,8 +87,8 @@ class Stack:
 
     def _launch(self, service: Service) -> None:
         log_path = self.settings.logs_path / f"{service.name}.log"
-        with open(log_path, "a") as log:
-            log.write(f"\n==== mlex-tomo up: starting {service.name} at {datetime.now().isoformat()} ====\n")
+        with open_private_log(log_path) as log:
+            log.write(f"\n==== mlex-tomo up: starting {service.name} at {datetime.now().isoformat()} ====\n".encode())
         process = ManagedProcess(service.name, service.command, log_path, env=service.env)
         process.start()
         self.running.append((service, process))

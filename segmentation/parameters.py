@@ -80,7 +80,19 @@ class JobParameters(BaseModel):
             raise ValueError("task 'train' segments nothing; remove 'slices' or use 'train_infer'")
         if self.slices == "labelled" and self.mask_uri is None:
             raise ValueError("slices 'labelled' needs mask_uri")
+        self._one_tiled_server()
         return self
+
+    def _one_tiled_server(self) -> None:
+        """The job sends its API key with every request: only to the server it writes its result to."""
+        expected = _origin(self.result_uri)
+        for name in ("data_uri", "mask_uri"):
+            uri = getattr(self, name)
+            if uri is not None and _origin(uri) != expected:
+                raise ValueError(
+                    f"{name} is on {_origin(uri)}, not on {expected} where the result goes: a job reads and "
+                    "writes the one Tiled server its API key is for"
+                )
 
     @property
     def trains(self) -> bool:
@@ -95,3 +107,7 @@ class JobParameters(BaseModel):
         if self.slices is not None:
             return self.slices
         return "labelled" if self.task == "train_infer" else "all"
+
+
+def _origin(uri: AnyHttpUrl) -> str:
+    return f"{uri.scheme}://{uri.host}:{uri.port}"

@@ -330,6 +330,8 @@ VALID = {
         ({"device": "gpu"}, "device: Input should be 'auto', 'cuda' or 'cpu'"),
         ({"tiled_api_key": "secret"}, "tiled_api_key: Extra inputs are not permitted"),
         ({"memory_budget_mib": 0}, "memory_budget_mib: Input should be greater than 0"),
+        ({"data_uri": "http://elsewhere.example:8000/api/v1/metadata/recons/scan"}, "data_uri is on http://elsewhere.example:8000"),
+        ({"mask_uri": "http://tiled:9999/api/v1/metadata/masks/scan/abc/mask"}, "mask_uri is on http://tiled:9999, not on http://tiled:8000"),
     ],
 )
 def test_invalid_parameters_exit_2_naming_the_field(run_file, change, message):

@@ -20,6 +20,7 @@ from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDic
 from tiled_config import CONFIG_PATH as TILED_CONFIG_PATH
 
 ENV_PREFIX = "MLEX_TOMO_"
+GENERATED_BROKER_USER = "mlex-tomo"  # the login `up` makes for its embedded broker (docs/operator-guide.md)
 ENV_NESTED_DELIMITER = "__"
 CONFIG_FILE_VARIABLE = "MLEX_TOMO_CONFIG"
 
@@ -333,6 +334,15 @@ class StackSettings(BaseSettings):
             self.tiled.api_key = SecretStr(key_file.read_text().strip())
         return self
 
+    @model_validator(mode="after")
+    def _use_generated_broker_login(self) -> StackSettings:
+        """Pick up the login `mlex-tomo up` generated for its embedded broker when none was configured."""
+        broker, password_file = self.broker, self.broker_password_path
+        if broker.embedded and broker.user is None and broker.password is None and password_file.is_file():
+            broker.user = GENERATED_BROKER_USER
+            broker.password = SecretStr(password_file.read_text().strip())
+        return self
+
     @property
     def data_path(self) -> Path:
         return self.data_dir.resolve()
@@ -366,6 +376,10 @@ class StackSettings(BaseSettings):
     @property
     def tiled_api_key_path(self) -> Path:
         return self.data_path / "secrets" / "tiled_api_key"
+
+    @property
+    def broker_password_path(self) -> Path:
+        return self.data_path / "secrets" / "broker_password"
 
     @property
     def models_path(self) -> Path:

@@ -114,8 +114,20 @@ def test_tiled_serves_arrays_written_with_the_api_key(own_stack):
         reader["results"].write_array(volume, key=f"{key}-anonymous")
 
 
+def test_the_embedded_broker_takes_only_the_stacks_login(own_stack):
+    """A local user could announce any file to an open broker."""
+    broker = own_stack.settings.broker  # the login `up` generated, as every mlex-tomo command finds it
+    assert broker.user == "mlex-tomo" and broker.password is not None
+    assert stat.S_IMODE((own_stack.data_dir / "secrets" / "broker_password").stat().st_mode) == 0o600
+    for user, password in [(None, None), ("mlex-tomo", "guess"), ("admin", "admin")]:
+        stranger = stomp.Connection([broker.stomp_address])
+        with pytest.raises(stomp.exception.ConnectFailedException):
+            stranger.connect(user, password, wait=True)
+
+
 def test_broker_delivers_stomp_messages(own_stack):
-    host, port = own_stack.settings.broker.stomp_address
+    broker = own_stack.settings.broker
+    host, port = broker.stomp_address
     destination = f"/queue/mlex.test.{uuid.uuid4().hex[:8]}"
     received: list[str] = []
     arrived = threading.Event()
@@ -127,7 +139,7 @@ def test_broker_delivers_stomp_messages(own_stack):
 
     connection = stomp.Connection([(host, port)])
     connection.set_listener("test", Listener())
-    connection.connect(wait=True)
+    connection.connect(broker.user, broker.password.get_secret_value(), wait=True)
     try:
         connection.subscribe(destination, id="1", ack="auto")
         connection.send(destination, body='{"filePath": "/data/scan.nxs"}')

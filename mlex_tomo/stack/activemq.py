@@ -41,7 +41,7 @@ BROKER_XML = """<?xml version="1.0" encoding="UTF-8"?>
     <persistenceAdapter>
       <kahaDB directory={kahadb_dir}/>
     </persistenceAdapter>
-    <systemUsage>
+{plugins}    <systemUsage>
       <systemUsage>
         <storeUsage><storeUsage limit="4 gb"/></storeUsage>
         <tempUsage><tempUsage limit="1 gb"/></tempUsage>
@@ -81,19 +81,39 @@ def broker_jar(settings: BrokerSettings) -> Path:
     return settings.activemq_home / "bin" / "activemq.jar"
 
 
+# Only the stack's own login may connect: a local user could otherwise announce any file.
+AUTHENTICATION_PLUGIN = """    <plugins>
+      <simpleAuthenticationPlugin anonymousAccessAllowed="false">
+        <users>
+          <authenticationUser username={user} password={password} groups="users"/>
+        </users>
+      </simpleAuthenticationPlugin>
+    </plugins>
+"""
+
+
 def write_broker_config(settings: BrokerSettings, base: Path) -> Path:
-    """Write conf/activemq.xml and conf/log4j.properties under `base`; return the XML."""
+    """Write conf/activemq.xml (owner-only: it holds the broker's login) and conf/log4j.properties under `base`."""
     conf = base / "conf"
-    conf.mkdir(parents=True, exist_ok=True)
+    conf.mkdir(mode=0o700, parents=True, exist_ok=True)
+    conf.chmod(0o700)
     (base / "tmp").mkdir(exist_ok=True)
     host = settings.host
+    plugins = ""
+    if settings.user and settings.password:
+        plugins = AUTHENTICATION_PLUGIN.format(
+            user=quoteattr(settings.user), password=quoteattr(settings.password.get_secret_value()),
+        )
     xml = BROKER_XML.format(
         data_dir=quoteattr(str(base / "data")),
         kahadb_dir=quoteattr(str(base / "data" / "kahadb")),
+        plugins=plugins,
         openwire_uri=quoteattr(f"tcp://{host}:{settings.openwire_port}"),
         stomp_uri=quoteattr(f"stomp://{host}:{settings.stomp_port}?transport.hbGracePeriodMultiplier=2"),
     )
     broker_xml = conf / "activemq.xml"
+    broker_xml.touch(mode=0o600)
+    broker_xml.chmod(0o600)
     broker_xml.write_text(xml)
     (conf / "log4j.properties").write_text(LOG4J_PROPERTIES)
     return broker_xml

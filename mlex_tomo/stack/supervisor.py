@@ -21,7 +21,7 @@ from typing import TextIO
 
 from pydantic import SecretStr
 
-from mlex_tomo.settings import StackSettings
+from mlex_tomo.settings import GENERATED_BROKER_USER, StackSettings
 from mlex_tomo.stack import activemq
 from mlex_tomo.stack.health import Health
 from mlex_tomo.stack.processes import ManagedProcess, open_private_log
@@ -77,9 +77,13 @@ class Stack:
         ):
             directory.mkdir(parents=True, exist_ok=True)
         if settings.tiled.embedded and settings.tiled.api_key is None:
-            key = SecretStr(_generate_tiled_api_key(settings.tiled_api_key_path))
+            key = SecretStr(_generate_secret(settings.tiled_api_key_path))
             tiled = settings.tiled.model_copy(update={"api_key": key})
             self.settings = settings = settings.model_copy(update={"tiled": tiled})
+        if settings.broker.embedded and settings.broker.user is None and settings.broker.password is None:
+            password = SecretStr(_generate_secret(settings.broker_password_path))
+            broker = settings.broker.model_copy(update={"user": GENERATED_BROKER_USER, "password": password})
+            self.settings = settings = settings.model_copy(update={"broker": broker})
         # `up` registers the scans on disk itself, to report them; its ingester need not do it again.
         ingester = settings.ingester.model_copy(update={"register_existing": False})
         write_child_settings(settings.model_copy(update={"ingester": ingester}))
@@ -211,7 +215,7 @@ def run_up(settings: StackSettings, out: TextIO = sys.stdout) -> int:
     return 0
 
 
-def _generate_tiled_api_key(path: Path) -> str:
+def _generate_secret(path: Path) -> str:
     """A random key in a file only the owner can read; later starts and clients reuse it."""
     key = secrets.token_hex(32)
     path.parent.mkdir(parents=True, exist_ok=True)

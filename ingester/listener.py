@@ -5,7 +5,8 @@ to the dead-letter destination (confirmed by a broker receipt). While Tiled is d
 the message stays unacknowledged and is retried; if the broker connection drops, the
 broker redelivers it to the next connection. Topics are consumed through a durable
 subscription named by the client id, so nothing published while the ingester is down
-is lost.
+is lost. A message whose dead-lettered copy the broker refuses again and again is
+parked in a file instead (under `data_dir/ingester/parked`), so it cannot hold up the queue.
 
 Every wait on the broker is bounded: a broker that accepts the connection but never
 answers the CONNECT or the SUBSCRIBE (one still starting, or hung) costs a reconnect,
@@ -14,14 +15,18 @@ not a listener that waits forever on a connection that will never deliver.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import queue
+import re
 import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import stomp
 from stomp.exception import StompException
@@ -38,6 +43,8 @@ SUBSCRIPTION_ID = "mlex-tomo-ingest"
 ANSWER_TIMEOUT_SECONDS = 10.0
 FIRST_RETRY_SECONDS = 0.5
 FRAME_POLL_SECONDS = 0.5
+MAX_REASON_CHARACTERS = 1024  # of the mlex-reason header: ActiveMQ drops a connection over a too-long header
+DEAD_LETTER_ATTEMPTS = 3  # refusals of a dead-lettered copy before the message is parked on disk instead
 
 
 @dataclass
@@ -86,6 +93,7 @@ class Listener:
         self.settings = settings
         self.processor = processor
         self.status = status
+        self.dead_letter_failures: dict[str, int] = {}  # message id -> refused dead-lettered copies
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, reconnecting forever with capped exponential backoff."""
@@ -176,10 +184,30 @@ class Listener:
             session.connection.ack(frame.headers["ack"])
 
     def _reject(self, session: _Session, frame, reason: str) -> None:
-        with _broker_loss_interrupts("dead-lettering"):
-            self._dead_letter(session, frame, reason)
+        """Dead-letter the message; one whose dead-lettered copy the broker keeps refusing is parked on disk.
+
+        A broker that refuses the copy drops the connection, and redelivers the message:
+        without a last resort it would loop for ever, and hold up everything behind it.
+        """
+        message_id = frame.headers.get("message-id", "?")
+        if self.dead_letter_failures.get(message_id, 0) >= DEAD_LETTER_ATTEMPTS:
+            parked = park(self.settings.ingester_parked_path, frame, reason)
+            del self.dead_letter_failures[message_id]
+            self.status.count("parked")
+            log.error(
+                "parked message %s in %s: the broker refused its dead-lettered copy %d times; reason: %s",
+                message_id, parked, DEAD_LETTER_ATTEMPTS, reason,
+            )
+            return
+        try:
+            with _broker_loss_interrupts("dead-lettering"):
+                self._dead_letter(session, frame, reason)
+        except Interrupted:
+            self.dead_letter_failures[message_id] = self.dead_letter_failures.get(message_id, 0) + 1
+            raise
+        self.dead_letter_failures.pop(message_id, None)
         self.status.count("rejected")
-        log.warning("rejected message %s: %s", frame.headers.get("message-id", "?"), reason)
+        log.warning("rejected message %s: %s", message_id, reason)
 
     def _process_until_tiled_answers(
         self, message: IngestMessage, session: _Session, stop: threading.Event
@@ -202,7 +230,7 @@ class Listener:
     def _dead_letter(self, session: _Session, frame, reason: str) -> None:
         """Hand the original body on with the reason; return once the broker has it."""
         headers = {
-            "mlex-reason": " ".join(reason.split()),
+            "mlex-reason": bounded_reason(reason),
             "mlex-original-destination": frame.headers.get("destination", ""),
             "mlex-original-message-id": frame.headers.get("message-id", ""),
             "persistent": "true",
@@ -216,6 +244,28 @@ class Listener:
                 self.settings.ingester.dead_letter_destination, frame.body, headers=headers, receipt=receipt
             ),
         )
+
+
+def bounded_reason(reason: str) -> str:
+    """The reason on one line, short enough for any broker's header limit; the log keeps it whole."""
+    line = " ".join(reason.split())
+    if len(line) <= MAX_REASON_CHARACTERS:
+        return line
+    return f"{line[:MAX_REASON_CHARACTERS]}... ({len(line) - MAX_REASON_CHARACTERS} more characters in the ingester's log)"
+
+
+def park(folder: Path, frame, reason: str) -> Path:
+    """Keep a message the broker would not take back on disk, owner-only, to be replayed by hand."""
+    folder.mkdir(mode=0o700, parents=True, exist_ok=True)
+    message_id = frame.headers.get("message-id", "unknown")
+    name = f"{time.strftime('%Y%m%dT%H%M%S')}-{re.sub(r'[^A-Za-z0-9._-]+', '_', message_id)[:100]}.json"
+    body = frame.body if isinstance(frame.body, str) else frame.body.decode("utf-8", "replace")
+    record = {"message_id": message_id, "destination": frame.headers.get("destination", ""), "reason": reason, "body": body}
+    path = folder / name
+    descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(descriptor, "w") as file:
+        json.dump(record, file, indent=1)
+    return path
 
 
 def _confirmed(session: _Session, what: str, send: Callable[[str], None]) -> None:

@@ -374,6 +374,11 @@ class StackSettings(BaseSettings):
         return self.run_path / "ingester.json"
 
     @property
+    def ingester_parked_path(self) -> Path:
+        """Messages the broker would take neither back nor as dead letters, one JSON file each."""
+        return self.data_path / "ingester" / "parked"
+
+    @property
     def tiled_api_key_path(self) -> Path:
         return self.data_path / "secrets" / "tiled_api_key"
 

@@ -129,6 +129,10 @@ def test_bad_input_is_dead_lettered_with_its_reason_while_good_input_flows(servi
     flat = services.recons_root / "flat.h5"
     with h5py.File(flat, "w") as file:
         file["image"] = np.zeros((8, 8))
+    many = services.recons_root / "many.h5"  # its reason names 300 datasets: longer than a broker takes in a header
+    with h5py.File(many, "w") as file:
+        for index in range(300):
+            file.create_dataset(f"a_volume_with_a_rather_long_name_{index:03d}", (2, 2, 2), np.uint8)
     root = services.recons_root
     good = [simulate(services, f"good-{index}", "nxtomo").announce_path for index in range(3)]
 
@@ -144,6 +148,7 @@ def test_bad_input_is_dead_lettered_with_its_reason_while_good_input_flows(servi
         json.dumps({"filePath": str(unsupported)}): "unsupported format",
         json.dumps({"filePath": str(corrupt)}): "cannot read",
         json.dumps({"filePath": str(flat)}): "no 3-D dataset",
+        json.dumps({"filePath": str(many)}): "holds several 3-D datasets (a_volume_with_a_rather_long_name_000, ",
     }
     bodies = list(bad_bodies)
     broker.publish([bodies[0], json.dumps({"filePath": str(good[0])}), *bodies[1:6]])
@@ -156,8 +161,31 @@ def test_bad_input_is_dead_lettered_with_its_reason_while_good_input_flows(servi
     for body, expected in bad_bodies.items():
         assert expected in reasons[body], (body, reasons[body])
     assert all(frame.headers["mlex-original-destination"] == services.settings.ingester.destination for frame in dead)
+    assert reasons[json.dumps({"filePath": str(many)})].endswith("more characters in the ingester's log)")
+    assert max(len(reason) for reason in reasons.values()) < 1200
     for index in range(3):
         registered(services, f"good-{index}")
+
+
+def test_a_message_the_broker_will_not_take_as_a_dead_letter_is_parked_and_the_queue_moves_on(services, broker):
+    """A broker that refuses the dead-lettered copy drops the connection and redelivers: that must not loop for ever."""
+    assert services.stop("ingester") == 0
+    services.reconfigure(dead_letter_destination="/queue/" + "x" * 20_000)  # a header no broker takes
+    poison = json.dumps({"filePath": "relative/scan.nxs", "beamline": "k11"})
+    try:
+        services.start("ingester")
+        after = simulate(services, "after-the-poison", "hdf5").announce_path
+        broker.publish([poison, json.dumps({"filePath": str(after)})])
+        registered(services, "after-the-poison")
+        parked_folder = services.settings.data_path / "ingester" / "parked"
+        (parked,) = wait_for(lambda: list(parked_folder.glob("*.json")), message="a parked message")
+        record = json.loads(parked.read_text())
+        assert record["body"] == poison and "must be absolute" in record["reason"]
+        assert oct(parked.stat().st_mode & 0o777) == "0o600"
+    finally:
+        services.stop("ingester")
+        services.reconfigure(dead_letter_destination="/queue/mlex.ingest.dlq")
+        services.start("ingester")
 
 
 def test_a_file_announced_before_it_is_written_is_waited_for(services, broker):

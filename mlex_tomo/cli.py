@@ -73,6 +73,12 @@ def _build_parser() -> argparse.ArgumentParser:
     ingest = add_command("ingest", _ingest, "register one reconstruction file or folder by hand, as if announced")
     ingest.add_argument("path", help="the file (NeXus/HDF5, Zarr, TIFF) or TIFF stack folder")
 
+    dead_letters = add_command(
+        "dead-letters", _dead_letters,
+        "list what the ingester could not ingest (dead-letter queue and parked messages), with the reasons",
+    )
+    dead_letters.add_argument("--replay", action="store_true", help="publish them all to the ingest destination again, once the cause is fixed")
+
     simulate = add_command(
         "simulate-scan", _simulate_scan,
         "write a synthetic reconstruction under the recons root and announce it, as a reconstruction program would",
@@ -254,6 +260,20 @@ def _ingest(settings: StackSettings, arguments: argparse.Namespace) -> int:
         print(f"mlex-tomo: not ingested: {error}", file=sys.stderr)
         return EXIT_FAILURE
     print(f"{outcome.kind}: {outcome.detail}")
+    return EXIT_OK
+
+
+def _dead_letters(settings: StackSettings, arguments: argparse.Namespace) -> int:
+    from ingester.dead_letters import list_dead_letters, replay_dead_letters
+
+    if arguments.replay:
+        print(f"replayed {replay_dead_letters(settings)} message(s) to {settings.ingester.destination}")
+        return EXIT_OK
+    found = list_dead_letters(settings)
+    for letter in found:
+        body = letter.body if len(letter.body) <= 200 else letter.body[:200] + "..."
+        print(f"{letter.where}: {letter.reason}\n    {body}")
+    print(f"{len(found)} message(s) not ingested; fix the cause, then: mlex-tomo dead-letters --replay")
     return EXIT_OK
 
 

@@ -8,6 +8,7 @@ import h5py
 import numpy as np
 import pytest
 
+from ingester.dead_letters import list_dead_letters, replay_dead_letters
 from mlex_tomo.phantom import PhantomSpec, generate
 from mlex_tomo.scan_simulator import FORMATS, simulate_scan
 from tests.services import Broker, Services, wait_for
@@ -186,6 +187,22 @@ def test_a_message_the_broker_will_not_take_as_a_dead_letter_is_parked_and_the_q
         services.stop("ingester")
         services.reconfigure(dead_letter_destination="/queue/mlex.ingest.dlq")
         services.start("ingester")
+
+
+def test_dead_letters_are_listed_with_their_reasons_and_replayed_once_the_cause_is_fixed(services, broker):
+    missing = services.recons_root / "fixed-later" / "fixed-later.h5"
+    broker.announce(missing)
+    (letter,) = wait_for(
+        lambda: [letter for letter in list_dead_letters(services.settings) if "fixed-later.h5" in letter.body],
+        message="the dead letter",
+    )
+    assert letter.where == "queue" and "does not exist" in letter.reason
+    assert list_dead_letters(services.settings).count(letter) == 1  # listing leaves it in place
+
+    assert simulate(services, "fixed-later", "hdf5").announce_path == missing  # the cause, fixed
+    assert replay_dead_letters(services.settings) >= 1
+    registered(services, "fixed-later")
+    assert not [letter for letter in list_dead_letters(services.settings) if "fixed-later.h5" in letter.body]
 
 
 def test_a_file_announced_before_it_is_written_is_waited_for(services, broker):

@@ -90,6 +90,8 @@ def _check_servable(structure: ArrayStructure, where: str) -> None:
 
 
 def _describe_format(path: Path, roots: list[Path], hdf5_dataset: str | None) -> ScanDescription:
+    if not (path.is_file() or path.is_dir()):  # a FIFO, a device: opening one can block for ever
+        raise Rejected(f"{path} is not a regular file or a folder")
     try:
         if path.is_dir():
             if is_zarr_store(path):

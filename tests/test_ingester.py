@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import h5py
 import numpy as np
@@ -134,6 +135,8 @@ def test_bad_input_is_dead_lettered_with_its_reason_while_good_input_flows(servi
     with h5py.File(many, "w") as file:
         for index in range(300):
             file.create_dataset(f"a_volume_with_a_rather_long_name_{index:03d}", (2, 2, 2), np.uint8)
+    fifo = services.recons_root / "fifo.h5"  # opening it would block the ingester for ever
+    os.mkfifo(fifo)
     root = services.recons_root
     good = [simulate(services, f"good-{index}", "nxtomo").announce_path for index in range(3)]
 
@@ -150,6 +153,7 @@ def test_bad_input_is_dead_lettered_with_its_reason_while_good_input_flows(servi
         json.dumps({"filePath": str(corrupt)}): "cannot read",
         json.dumps({"filePath": str(flat)}): "no 3-D dataset",
         json.dumps({"filePath": str(many)}): "holds several 3-D datasets (a_volume_with_a_rather_long_name_000, ",
+        json.dumps({"filePath": str(fifo)}): "fifo.h5 is not a regular file or a folder",
     }
     bodies = list(bad_bodies)
     broker.publish([bodies[0], json.dumps({"filePath": str(good[0])}), *bodies[1:6]])

@@ -5,7 +5,9 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import re
 import shutil
+import signal
 import stat
 import socket
 import threading
@@ -25,7 +27,7 @@ from ingester.existing import register_existing
 from mlex_tomo.settings import CONFIG_FILE_VARIABLE, load_settings
 from mlex_tomo.stack.services import child_settings_path, embedded_services
 from mlex_tomo.stack.supervisor import Stack
-from tests.services import RunningStack
+from tests.services import RunningStack, wait_for
 
 pytestmark = pytest.mark.stack
 
@@ -89,6 +91,18 @@ def test_no_log_holds_a_secret_and_only_their_owner_reads_them(own_stack):
         assert key not in path.read_text(errors="replace"), f"the Tiled API key is in {path}"
     for path in logs.iterdir():
         assert stat.S_IMODE(path.stat().st_mode) == 0o600, path
+
+
+def test_a_crashed_part_is_restarted_and_the_rest_keep_running(own_stack):
+    """`kill -9` of the ingester took the broker, Tiled and Prefect down with it."""
+    started = re.compile(r"starting ingester \(pid (\d+),")
+    before = [int(match.group(1)) for line in own_stack.output for match in [started.search(line)] if match]
+    os.kill(before[-1], signal.SIGKILL)
+    wait_for(lambda: "ingester stopped unexpectedly with code -9; restarting it" in "".join(own_stack.output), message="a restart")
+    wait_for(lambda: own_stack.cli("status").returncode == 0, timeout=90, message="every service up again")
+    after = [int(match.group(1)) for line in own_stack.output for match in [started.search(line)] if match]
+    assert after[-1] != before[-1]
+    assert all(f"stopping {name}" not in "".join(own_stack.output) for name in SERVICES)
 
 
 def test_each_service_writes_its_log(own_stack):

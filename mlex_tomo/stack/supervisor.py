@@ -29,6 +29,10 @@ from mlex_tomo.stack.services import Service, embedded_services, write_child_set
 
 PROBE_INTERVAL_SECONDS = 0.5
 MONITOR_INTERVAL_SECONDS = 1.0
+FIRST_RESTART_DELAY_SECONDS = 1.0  # a crashed part is restarted after this, doubling on each crash
+LONGEST_RESTART_DELAY_SECONDS = 30.0
+CRASHES_BEFORE_GIVING_UP = 5  # within CRASH_WINDOW_SECONDS; one more stops the stack
+CRASH_WINDOW_SECONDS = 300.0
 
 
 class StartupError(RuntimeError):
@@ -90,13 +94,16 @@ class Stack:
         return embedded_services(settings)
 
     def _launch(self, service: Service) -> None:
+        self.running.append((service, self._start_process(service)))
+
+    def _start_process(self, service: Service) -> ManagedProcess:
         log_path = self.settings.logs_path / f"{service.name}.log"
         with open_private_log(log_path) as log:
             log.write(f"\n==== mlex-tomo up: starting {service.name} at {datetime.now().isoformat()} ====\n".encode())
         process = ManagedProcess(service.name, service.command, log_path, env=service.env)
         process.start()
-        self.running.append((service, process))
         self._say(f"starting {service.name} (pid {process.pid}, log {log_path})")
+        return process
 
     def _wait_healthy(self, wave: list[Service]) -> None:
         deadline = time.monotonic() + self.settings.startup_timeout
@@ -145,14 +152,33 @@ class Stack:
             self._say(f"could not register the scans already in the data roots: {error}")
 
     def monitor(self) -> None:
-        """Block until a child dies (StartupError) or the user stops the stack."""
+        """Block until the user stops the stack, restarting a child that dies with backoff.
+
+        One crashed part must not take the others down with it; a part that keeps
+        crashing (more than CRASHES_BEFORE_GIVING_UP times in CRASH_WINDOW_SECONDS)
+        stops the stack with a StartupError that says so.
+        """
+        crashes: dict[str, list[float]] = {}
         while True:
-            for service, process in self.running:
+            for position, (service, process) in enumerate(self.running):
                 code = process.exit_code()
-                if code is not None:
+                if code is None:
+                    continue
+                now = time.monotonic()
+                recent = [moment for moment in crashes.get(service.name, []) if now - moment < CRASH_WINDOW_SECONDS]
+                crashes[service.name] = recent = [*recent, now]
+                if len(recent) > CRASHES_BEFORE_GIVING_UP:
                     raise StartupError(
-                        f"{service.name} stopped unexpectedly with code {code}; read {process.log_path}"
+                        f"{service.name} stopped {len(recent)} times within {CRASH_WINDOW_SECONDS / 60:g} minutes "
+                        f"(last exit code {code}); read {process.log_path}"
                     )
+                delay = min(FIRST_RESTART_DELAY_SECONDS * 2 ** (len(recent) - 1), LONGEST_RESTART_DELAY_SECONDS)
+                self._say(
+                    f"{service.name} stopped unexpectedly with code {code}; restarting it in {delay:g} s "
+                    f"(read {process.log_path})"
+                )
+                time.sleep(delay)
+                self.running[position] = (service, self._start_process(service))
             time.sleep(MONITOR_INTERVAL_SECONDS)
 
     def stop(self) -> None:

@@ -1,7 +1,10 @@
-"""The STOMP consumer: one message in flight, acknowledged only once it is safe to.
+"""The STOMP consumer: one message handled at a time, each acknowledged only once it is safe to.
 
 A message is acknowledged after its scan is registered, or after it has been handed
-to the dead-letter destination (confirmed by a broker receipt). While Tiled is down
+to the dead-letter destination (confirmed by a broker receipt). A message whose file
+is not there or not readable yet is set aside, unacknowledged, and tried again with
+backoff for up to `ingester.file_wait_seconds` while the messages behind it go on (the
+broker delivers up to PREFETCH_MESSAGES ahead). While Tiled is down
 the message stays unacknowledged and is retried; if the broker connection drops, the
 broker redelivers it to the next connection. Topics are consumed through a durable
 subscription named by the client id, so nothing published while the ingester is down
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import queue
 import re
@@ -27,11 +31,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import stomp
 from stomp.exception import StompException
 
-from ingester.errors import Interrupted, Rejected, TiledUnavailable
+from ingester.errors import Interrupted, Rejected, TiledUnavailable, Unreadable
 from ingester.messages import IngestMessage
 from ingester.processor import Outcome, Processor
 from ingester.status import IngesterStatus
@@ -45,6 +50,10 @@ FIRST_RETRY_SECONDS = 0.5
 FRAME_POLL_SECONDS = 0.5
 MAX_REASON_CHARACTERS = 1024  # of the mlex-reason header: ActiveMQ drops a connection over a too-long header
 DEAD_LETTER_ATTEMPTS = 3  # refusals of a dead-lettered copy before the message is parked on disk instead
+# Delivered ahead, unacknowledged: messages waiting for their file do not hold up the ones behind them.
+PREFETCH_MESSAGES = 100
+FIRST_FILE_RETRY_SECONDS = 0.05
+LONGEST_FILE_RETRY_SECONDS = 2.0
 
 
 @dataclass
@@ -56,6 +65,17 @@ class _Session:
     connected: threading.Event = field(default_factory=threading.Event)
     disconnected: threading.Event = field(default_factory=threading.Event)
     receipts: dict[str, threading.Event] = field(default_factory=dict)
+
+
+@dataclass(eq=False)
+class _Waiting:
+    """A delivered message, and when to give up waiting for its file."""
+
+    frame: Any
+    deadline: float
+    received: float = field(default_factory=time.monotonic)
+    next_try: float = 0.0
+    pause: float = 0.0
 
 
 class _SessionListener(stomp.ConnectionListener):
@@ -94,6 +114,7 @@ class Listener:
         self.processor = processor
         self.status = status
         self.dead_letter_failures: dict[str, int] = {}  # message id -> refused dead-lettered copies
+        self.waiting: list[_Waiting] = []  # messages whose file is not there or not readable yet
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, reconnecting forever with capped exponential backoff."""
@@ -130,7 +151,7 @@ class Listener:
         session = _Session(connection)
         connection.set_listener("ingester", _SessionListener(session))
         password = broker.password.get_secret_value() if broker.password else None
-        headers = {"activemq.prefetchSize": "1"}
+        headers = {"activemq.prefetchSize": str(PREFETCH_MESSAGES)}
         if ingester.destination.startswith("/topic/"):
             headers["activemq.subscriptionName"] = ingester.client_id
         try:
@@ -150,23 +171,46 @@ class Listener:
         return session
 
     def _consume(self, session: _Session, stop: threading.Event) -> None:
+        self.waiting.clear()  # what the last connection left unacknowledged, the broker delivers again
         while not stop.is_set() and not session.disconnected.is_set():
             try:
-                frame = session.frames.get(timeout=FRAME_POLL_SECONDS)
+                self._retry_waiting(session, stop)
+                frame = session.frames.get(timeout=self._poll_seconds())
             except queue.Empty:
                 continue
+            except Interrupted as reason:
+                log.info("left unacknowledged for redelivery: %s", reason)
+                return
             try:
-                self._handle(session, frame, stop)
+                self._handle(session, _Waiting(frame, time.monotonic() + self.settings.ingester.file_wait_seconds), stop)
             except Interrupted as reason:
                 log.info("left unacknowledged for redelivery: %s", reason)
                 return
 
-    def _handle(self, session: _Session, frame, stop: threading.Event) -> None:
-        started = time.perf_counter()
+    def _poll_seconds(self) -> float:
+        """Until the next waiting file is due, at most FRAME_POLL_SECONDS."""
+        due = min((entry.next_try for entry in self.waiting), default=math.inf)
+        return max(0.0, min(FRAME_POLL_SECONDS, due - time.monotonic()))
+
+    def _retry_waiting(self, session: _Session, stop: threading.Event) -> None:
+        now = time.monotonic()
+        due = [entry for entry in self.waiting if entry.next_try <= now]
+        for entry in due:
+            self.waiting.remove(entry)
+            self._handle(session, entry, stop)
+
+    def _handle(self, session: _Session, entry: _Waiting, stop: threading.Event) -> None:
+        """Register, dead-letter, or set aside to wait for its file; acknowledge once done with it."""
+        frame = entry.frame
         message_id = frame.headers.get("message-id", "?")
         try:
             message = IngestMessage.from_body(frame.body)
             outcome = self._process_until_tiled_answers(message, session, stop)
+        except Unreadable as problem:
+            if time.monotonic() < entry.deadline:
+                self._wait_for_file(entry, problem)
+                return
+            self._reject(session, frame, f"{problem} (waited {self.settings.ingester.file_wait_seconds:g} s)")
         except Rejected as reason:
             self._reject(session, frame, str(reason))
         except (Interrupted, StompException, OSError):
@@ -178,10 +222,19 @@ class Listener:
             self.status.count(outcome.kind)
             log.info(
                 "%s %s in %.0f ms (message %s)",
-                outcome.kind, outcome.detail, 1000 * (time.perf_counter() - started), message_id,
+                outcome.kind, outcome.detail, 1000 * (time.monotonic() - entry.received), message_id,
             )
         with _broker_loss_interrupts("acknowledging"):
             session.connection.ack(frame.headers["ack"])
+
+    def _wait_for_file(self, entry: _Waiting, problem: Unreadable) -> None:
+        """The file may still be on its way: try again later, unacknowledged, while other messages go on."""
+        if entry.pause == 0:
+            log.info("waiting up to %g s for %s (message %s)", self.settings.ingester.file_wait_seconds,
+                     problem, entry.frame.headers.get("message-id", "?"))
+        entry.pause = min(max(2 * entry.pause, FIRST_FILE_RETRY_SECONDS), LONGEST_FILE_RETRY_SECONDS)
+        entry.next_try = min(time.monotonic() + entry.pause, entry.deadline)
+        self.waiting.append(entry)
 
     def _reject(self, session: _Session, frame, reason: str) -> None:
         """Dead-letter the message; one whose dead-lettered copy the broker keeps refusing is parked on disk.
@@ -216,7 +269,7 @@ class Listener:
         interrupted = lambda: stop.is_set() or session.disconnected.is_set()  # noqa: E731
         while True:
             try:
-                return self.processor.process(message, should_stop=interrupted)
+                return self.processor.process(message, should_stop=interrupted, wait_for_file=False)
             except TiledUnavailable as problem:
                 self.processor.forget_connection()
                 self.status.update(tiled_available=False)

@@ -41,13 +41,20 @@ class Processor:
         self._connect_registry = connect_registry
         self._registry: ScanRegistry | None = None
 
-    def process(self, message: IngestMessage, should_stop: Callable[[], bool] = lambda: False) -> Outcome:
-        """Register the announced scan; raises Rejected or TiledUnavailable."""
+    def process(
+        self, message: IngestMessage, should_stop: Callable[[], bool] = lambda: False, wait_for_file: bool = True,
+    ) -> Outcome:
+        """Register the announced scan; raises Rejected or TiledUnavailable.
+
+        Without `wait_for_file`, a file not there or not readable yet raises Unreadable
+        at once: the listener waits for it without holding up the messages behind it.
+        """
         ingester = self.settings.ingester
         if not message.is_final(ingester.accepted_statuses):
             return Outcome("skipped", f"status {message.status!r} does not mean the file is final")
         resolve_within_roots(message.file_path, self.roots)
-        scan = self._describe_when_written(Path(message.file_path), should_stop)
+        path = Path(message.file_path)
+        scan = self._describe_when_written(path, should_stop) if wait_for_file else self._describe(path)
         registration = self.registry.register(scan, message.producer_fields())
         kind = "registered" if registration.created else "unchanged"
         return Outcome(kind, f"{scan.file_format} {scan.volume.structure.shape} at {registration.path}", registration)
@@ -59,9 +66,7 @@ class Processor:
         pause = FIRST_FILE_POLL_SECONDS
         while True:
             try:
-                if not path.exists():
-                    raise Unreadable(f"{path} does not exist")
-                return describe(resolve_within_roots(str(path), self.roots), self.roots, ingester.hdf5_dataset)
+                return self._describe(path)
             except Unreadable as problem:
                 if should_stop():
                     raise Interrupted(f"stopped while waiting for {path}") from None
@@ -69,6 +74,11 @@ class Processor:
                     raise Rejected(f"{problem} (waited {ingester.file_wait_seconds:g} s)") from None
             time.sleep(pause)
             pause = min(pause * 2, LONGEST_FILE_POLL_SECONDS)
+
+    def _describe(self, path: Path) -> ScanDescription:
+        if not path.exists():
+            raise Unreadable(f"{path} does not exist")
+        return describe(resolve_within_roots(str(path), self.roots), self.roots, self.settings.ingester.hdf5_dataset)
 
     @property
     def registry(self) -> ScanRegistry:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 import os
 
 import h5py
@@ -187,6 +188,7 @@ def test_a_message_the_broker_will_not_take_as_a_dead_letter_is_parked_and_the_q
         record = json.loads(parked.read_text())
         assert record["body"] == poison and "must be absolute" in record["reason"]
         assert oct(parked.stat().st_mode & 0o777) == "0o600"
+        parked.unlink()  # replayed, it would only be dead-lettered again
     finally:
         services.stop("ingester")
         services.reconfigure(dead_letter_destination="/queue/mlex.ingest.dlq")
@@ -207,6 +209,29 @@ def test_dead_letters_are_listed_with_their_reasons_and_replayed_once_the_cause_
     assert replay_dead_letters(services.settings) >= 1
     registered(services, "fixed-later")
     assert not [letter for letter in list_dead_letters(services.settings) if "fixed-later.h5" in letter.body]
+
+
+def test_files_not_written_yet_do_not_hold_up_the_messages_behind_them(services, broker):
+    """Waiting in place, 100 missing files would have held the queue for file_wait_seconds each."""
+    assert services.stop("ingester") == 0
+    services.reconfigure(file_wait_seconds=60)
+    try:
+        services.start("ingester")
+        missing = [services.recons_root / f"missing-{index}" / f"missing-{index}.h5" for index in range(5)]
+        broker.announce(*missing)
+        ready = simulate(services, "behind-the-missing", "hdf5").announce_path
+        announced = time.monotonic()
+        broker.announce(ready)
+        registered(services, "behind-the-missing")
+        assert time.monotonic() - announced < 20, "the ready file waited behind the missing ones"
+        for index in range(5):  # the missing files arrive: each is still registered
+            assert simulate(services, f"missing-{index}", "hdf5").announce_path == missing[index]
+        for index in range(5):
+            registered(services, f"missing-{index}")
+    finally:
+        services.stop("ingester")
+        services.reconfigure(file_wait_seconds=2)
+        services.start("ingester")
 
 
 def test_a_file_announced_before_it_is_written_is_waited_for(services, broker):

@@ -7,6 +7,8 @@ Any setting can be overridden after the command with its dotted name, for exampl
 from __future__ import annotations
 
 import argparse
+import os
+import signal
 import sys
 import time
 from collections.abc import Callable
@@ -236,10 +238,28 @@ def _worker(settings: StackSettings, arguments: argparse.Namespace) -> int:
 
 
 def _ui(settings: StackSettings, arguments: argparse.Namespace) -> int:
+    """Serve until SIGINT or SIGTERM, then exit at once.
+
+    Both signals are taken even when the shell started the app with SIGINT ignored (a
+    background job), and the exit does not wait for slice reads still in flight: a
+    prefetch waiting on a slow Tiled held the process for up to its timeout.
+    """
     from dash_app.app import create_app
 
-    create_app(settings).run(host=settings.ui.host, port=settings.ui.port, debug=False)
-    return EXIT_OK
+    app = create_app(settings)
+    for stop_signal in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(stop_signal, _raise_keyboard_interrupt)
+    try:
+        app.run(host=settings.ui.host, port=settings.ui.port, debug=False)
+    except KeyboardInterrupt:
+        pass
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(EXIT_OK)
+
+
+def _raise_keyboard_interrupt(signum: int, frame) -> None:
+    raise KeyboardInterrupt(signal.Signals(signum).name)
 
 
 def _ingester(settings: StackSettings, arguments: argparse.Namespace) -> int:

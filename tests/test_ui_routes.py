@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import base64
 import io
+import os
+import signal
 import subprocess
 import sys
 from concurrent import futures
 
+import httpx
 import numpy as np
 import pytest
 from PIL import Image
@@ -20,7 +23,10 @@ from dash_app.volumes import FIRST_SLAB, PREFETCH_SLAB, READ_AHEAD, Rendering, S
 from mlex_tomo.settings import load_settings
 from mlex_tomo.tiled_layout import connect_http
 from segmentation.tiled_io import ResultWriter
-from tests.services import Services
+from mlex_tomo.settings import secrets_as_environment
+from mlex_tomo.stack.health import ui_health
+from mlex_tomo.stack.services import ui_service
+from tests.services import Services, wait_for
 
 VOLUME = (np.arange(6 * 40 * 50, dtype=np.float32).reshape(6, 40, 50) % 997) / 997
 
@@ -171,6 +177,23 @@ def test_painted_labels_are_overlaid_on_slices_along_every_axis(client, services
     assert painted_pixels(overlay("x", 40), (0, 0, 255)) >= {(z, 30) for z in (2, 3)}  # the y stroke, along z
     assert overlay("x", 40, "?hidden=1")[..., 3].max() == 0
     assert overlay("x", 41)[..., 3].max() == 0
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("stop_signal", [signal.SIGINT, signal.SIGTERM], ids=["SIGINT", "SIGTERM"])
+def test_the_web_app_stops_at_once_on_sigint_and_sigterm(services, stop_signal):
+    """Even started as a shell's background job, which ignores SIGINT, and with a slice read in flight."""
+    command = ui_service(services.settings).command
+    ignoring_sigint = lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)  # noqa: E731 - what `cmd &` does
+    app = subprocess.Popen(command, env={**os.environ, **secrets_as_environment(services.settings)},
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, preexec_fn=ignoring_sigint)
+    try:
+        wait_for(lambda: ui_health(services.settings).healthy, timeout=60, message="the web app")
+        httpx.get(f"{services.settings.ui.url}/slices/scan/z/1.png", timeout=30)  # starts a read-ahead
+        app.send_signal(stop_signal)
+        assert app.wait(timeout=5) == 0
+    finally:
+        app.kill()
 
 
 @pytest.mark.stack

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flows.launchers import Launch
+from segmentation.parameters import LAUNCHER_PID_VARIABLE
 
 TAIL_LINES = 20
 ENGINE_COMMAND_TIMEOUT_SECONDS = 30
@@ -56,7 +57,8 @@ def run_launched_job(
     """Run to completion; `on_log(line, is_error)` gets every non-event line as it comes."""
     process = subprocess.Popen(
         launch.command,
-        env={**os.environ, **launch.secret_environment},
+        # A job run as a process stops when this one dies (segmentation.__main__.stop_with_the_launcher).
+        env={**os.environ, **launch.secret_environment, LAUNCHER_PID_VARIABLE: str(os.getpid())},
         stdin=subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

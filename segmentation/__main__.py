@@ -13,6 +13,8 @@ Exit codes (also in docs/user-guide.md):
 from __future__ import annotations
 
 import argparse
+import ctypes
+import os
 import signal
 import sys
 import traceback
@@ -25,7 +27,7 @@ from pydantic import ValidationError
 
 from segmentation.job import Cancelled, DeviceUnavailable, run_job
 from segmentation.model_store import ModelNotFound
-from segmentation.parameters import JobParameters
+from segmentation.parameters import LAUNCHER_PID_VARIABLE, JobParameters
 from segmentation.progress import JsonLinesProgress
 from segmentation.tiled_io import InvalidInput
 
@@ -36,6 +38,7 @@ EXIT_TILED_UNAVAILABLE = 4
 EXIT_DEVICE_UNAVAILABLE = 5
 EXIT_INTERRUPTED = 130
 EXIT_CANCELLED = 143
+PR_SET_PDEATHSIG = 1  # prctl(2)
 
 
 class InvalidParameters(ValueError):
@@ -74,6 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("parameters", type=Path, help="YAML parameters file (see docs/user-guide.md)")
     arguments = parser.parse_args(argv)
+    stop_with_the_launcher()
     progress = JsonLinesProgress()
 
     def fail(code: int, message: str) -> int:
@@ -108,6 +112,21 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         signal.signal(signal.SIGTERM, previous_handler)
     return 0
+
+
+def stop_with_the_launcher() -> None:
+    """SIGTERM, the cancel path, when the process that launched this job dies (Linux).
+
+    A flow-run process killed outright (a worker crash, `kill -9`) left its job running
+    on, orphaned. The launcher names itself in LAUNCHER_PID_VARIABLE; a container's job
+    has no such parent to watch (its engine stops it).
+    """
+    launcher = os.environ.get(LAUNCHER_PID_VARIABLE)
+    if launcher is None or not sys.platform.startswith("linux"):
+        return
+    ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
+    if os.getppid() != int(launcher):  # it died before the request took effect
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _cancel(signal_number: int, frame: FrameType | None) -> None:

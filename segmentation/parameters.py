@@ -20,6 +20,10 @@ Device = Literal["auto", "cuda", "cpu"]
 JOB_ID_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$"
 
 
+# Set by a launcher that runs the job as its own child process: the job stops when it dies.
+LAUNCHER_PID_VARIABLE = "MLEX_TOMO_JOB_LAUNCHER_PID"
+
+
 class JobParameters(BaseModel):
     """One run of the segmentation job.
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
+import psutil
 import pytest
 import torch
 import yaml
@@ -20,7 +22,7 @@ from segmentation.__main__ import main
 from segmentation.metrics import mean_iou
 from segmentation.parameters import JobParameters
 from mlex_tomo.scribbles import paint_scribbles
-from tests.services import Services, clean_environment, free_ports
+from tests.services import Services, clean_environment, free_ports, wait_for
 
 REPOSITORY = Path(__file__).resolve().parents[1]
 PHANTOM = PhantomSpec(shape=(64, 96, 96), seed=3)
@@ -372,3 +374,32 @@ def test_slice_selection_defaults_follow_the_task():
     infer = {**VALID, "task": "infer", "trained_job_id": "job-0", "model": None}
     assert JobParameters.model_validate(infer).slice_selection == "all"
     assert JobParameters.model_validate({**VALID, "slices": [9, 3, 3]}).slices == [3, 9]
+
+
+def test_a_job_run_as_a_process_stops_when_its_launcher_is_killed(tmp_path):
+    """A flow-run process killed outright (kill -9, a worker crash) left its job running, orphaned."""
+    silent = socket.socket()  # takes connections, never answers: the job waits on it
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)
+    base = f"http://127.0.0.1:{silent.getsockname()[1]}/api/v1/metadata"
+    parameters = tmp_path / "params.yaml"
+    parameters.write_text(yaml.safe_dump(
+        {**VALID, "data_uri": f"{base}/recons/scan", "mask_uri": f"{base}/masks/scan/abc/mask", "result_uri": f"{base}/results"}
+    ))
+    launcher_code = (
+        "import sys, time; from flows.job_runner import run_launched_job; from flows.launchers import ProcessLauncher, JobResources\n"
+        f"launch = ProcessLauncher(sys.executable).launch('orphan', {str(parameters)!r}, {str(tmp_path)!r}, JobResources(), {{}})\n"
+        "run_launched_job(launch, on_event=lambda event: None, on_log=lambda line, error: print(line, flush=True))"
+    )
+    launcher = subprocess.Popen([sys.executable, "-c", launcher_code], cwd=Path(__file__).parents[1], env=clean_environment())
+    try:
+        launcher_process = psutil.Process(launcher.pid)
+        job = wait_for(lambda: next(iter(launcher_process.children()), None), timeout=30, message="the job")
+        time.sleep(3)  # the job has started and waits on the silent server
+        assert job.is_running()
+        launcher.kill()
+        launcher.wait()
+        wait_for(lambda: not job.is_running() or job.status() == psutil.STATUS_ZOMBIE, timeout=15, message="the job to stop")
+    finally:
+        launcher.kill()
+        silent.close()

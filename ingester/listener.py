@@ -50,6 +50,11 @@ FIRST_RETRY_SECONDS = 0.5
 FRAME_POLL_SECONDS = 0.5
 MAX_REASON_CHARACTERS = 1024  # of the mlex-reason header: ActiveMQ drops a connection over a too-long header
 DEAD_LETTER_ATTEMPTS = 3  # refusals of a dead-lettered copy before the message is parked on disk instead
+# How many heart-beat intervals may pass without a frame from the broker before it counts
+# as gone. ActiveMQ skips a heart-beat when it wrote anything during the interval before,
+# so right after delivering a message its next heart-beat can come nearly two intervals
+# later: stomp.py's default of 1.5 reconnected about 15 s after every message.
+HEART_BEAT_TOLERANCE = 2.5
 # Delivered ahead, unacknowledged: messages waiting for their file do not hold up the ones behind them.
 PREFETCH_MESSAGES = 100
 FIRST_FILE_RETRY_SECONDS = 0.05
@@ -144,6 +149,7 @@ class Listener:
         connection = stomp.StompConnection12(
             [broker.stomp_address],
             heartbeats=(heartbeat, heartbeat),
+            heart_beat_receive_scale=HEART_BEAT_TOLERANCE,
             reconnect_attempts_max=1,
             auto_decode=False,
             timeout=10,

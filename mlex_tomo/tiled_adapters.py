@@ -70,31 +70,29 @@ def check_external_files(data_source: DataSource) -> None:
         within_roots(Path(path_from_uri(asset.data_uri)), roots, directory=asset.is_directory)
 
 
-class TiffVolumeAdapter:
-    """Tiled's multi-page TIFF adapter, behind the check of the registered file."""
+class _CheckedFilesAdapter:
+    """One of Tiled's adapters (`served_by`), behind the check of the registered files."""
+
+    served_by: Any
 
     @classmethod
     def from_catalog(cls, data_source: DataSource, node: Any, /, **parameters: Any) -> Any:
         check_external_files(data_source)
-        return TiffAdapter.from_catalog(data_source, node, **parameters)
+        return cls.served_by.from_catalog(data_source, node, **parameters)
 
 
-class TiffSequenceVolumeAdapter:
-    """Tiled's TIFF sequence adapter, behind the check of every registered file."""
-
-    @classmethod
-    def from_catalog(cls, data_source: DataSource, node: Any, /, **parameters: Any) -> Any:
-        check_external_files(data_source)
-        return TiffSequenceAdapter.from_catalog(data_source, node, **parameters)
+class TiffVolumeAdapter(_CheckedFilesAdapter):
+    served_by = TiffAdapter
 
 
-class ZarrVolumeAdapter:
-    """Tiled's Zarr adapter, behind the check of a registered store's folder (its chunks are checked at registration)."""
+class TiffSequenceVolumeAdapter(_CheckedFilesAdapter):
+    served_by = TiffSequenceAdapter
 
-    @classmethod
-    def from_catalog(cls, data_source: DataSource, node: Any, /, **parameters: Any) -> Any:
-        check_external_files(data_source)
-        return ZarrAdapter.from_catalog(data_source, node, **parameters)
+
+class ZarrVolumeAdapter(_CheckedFilesAdapter):
+    """A store's folder is checked here; its chunks are checked at registration."""
+
+    served_by = ZarrAdapter
 
 
 class HDF5VolumeAdapter:

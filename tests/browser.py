@@ -62,8 +62,14 @@ def set_field(page: Page, label: str, value: str) -> None:
     field.press("Enter")
 
 
-def paint(page: Page, start: tuple[int, int], end: tuple[int, int]) -> None:
-    """Drag across the slice view, as a person paints, in screen pixels from its corner."""
+def paint(page: Page, start: tuple[float, float], end: tuple[float, float], wait_for_the_slice: bool = True) -> None:
+    """Drag across the slice view, as a person paints, in screen pixels from its corner.
+
+    A person paints on the slice they see: this waits until the slice the label names has
+    loaded, as the app refuses a stroke on a slice still loading.
+    """
+    if wait_for_the_slice:
+        wait_for_slice_on_screen(page)
     box = page.locator("#slice-view .nsewdrag").first.bounding_box()
     page.mouse.move(box["x"] + start[0], box["y"] + start[1])
     page.mouse.down()
@@ -72,6 +78,23 @@ def paint(page: Page, start: tuple[int, int], end: tuple[int, int]) -> None:
             box["x"] + start[0] + (end[0] - start[0]) * step / 10, box["y"] + start[1] + (end[1] - start[1]) * step / 10
         )
     page.mouse.up()
+
+
+def paint_on_slice(page: Page, start: tuple[int, int], end: tuple[int, int]) -> None:
+    """Drag across the slice view from one slice pixel (column, row) to another, whatever the layout's scale."""
+    wait_for_slice_on_screen(page)
+    box = page.locator("#slice-view .nsewdrag").first.bounding_box()
+    (start_x, start_y), (end_x, end_y) = on_screen(page, *start), on_screen(page, *end)
+    paint(page, (start_x - box["x"], start_y - box["y"]), (end_x - box["x"], end_y - box["y"]), wait_for_the_slice=False)
+
+
+def wait_for_slice_on_screen(page: Page) -> None:
+    """Until the image on screen is the slice under the slider ("z = 42 / 63"), not one still loading."""
+    page.wait_for_function(
+        "() => { const label = document.querySelector('#slice-label').textContent.match(/^([zyx]) = (\\d+) /);"
+        " return label !== null && sliceLoads.view !== null && sliceLoads.view.endsWith('/' + label[1])"
+        " && sliceOnScreen(sliceLoads.view) === Number(label[2]); }"
+    )
 
 
 def on_screen(page: Page, column: int, row: int) -> tuple[float, float]:

@@ -9,7 +9,8 @@ import pytest
 from playwright.sync_api import Page, expect
 
 from tests.browser import (
-    SCREENSHOTS, WAIT_MILLISECONDS, needs_chromium, on_screen, paint, pick_scan, set_field, wait_for_overlay, write_scan,
+    SCREENSHOTS, WAIT_MILLISECONDS, needs_chromium, on_screen, paint, paint_on_slice, pick_scan, set_field, wait_for_overlay,
+    wait_for_slice_on_screen, write_scan,
 )
 from tests.services import Services
 
@@ -187,7 +188,7 @@ def test_a_stroke_waits_for_the_slice_on_screen(page, services):
     page.keyboard.press("PageDown")
     expect(page.locator("#slice-label")).to_have_text("z = 22 / 63")
     expect(page.locator("#slice-view")).to_have_class(re.compile("loading"))
-    paint(page, (200, 200), (400, 260))
+    paint(page, (200, 200), (400, 260), wait_for_the_slice=False)
     expect(page.locator("#annotation-status")).to_have_text("The slice is still loading: paint again once it shows.")
 
     stalling[0] = False
@@ -309,9 +310,7 @@ def test_three_planes_share_a_crosshair_and_a_stroke_on_y_reaches_the_mask(page,
     expect(page.locator("#slice-label")).to_have_text("y = 20 / 63")
     expect(captions.nth(0)).to_contain_text("z = 32")
     page.keyboard.press("2")
-    start, end = on_screen(page, column=10, row=24), on_screen(page, column=10, row=40)  # x = 10, z from 24 to 40
-    box = page.locator("#slice-view .nsewdrag").bounding_box()
-    paint(page, (start[0] - box["x"], start[1] - box["y"]), (end[0] - box["x"], end[1] - box["y"]))
+    paint_on_slice(page, (10, 24), (10, 40))  # x = 10, z from 24 to 40
     expect(page.locator("#annotation-status")).to_have_text("1 stroke on 1 slice, saved.")
     assert wait_for_overlay(page, lambda source: source is not None).endswith("/y/20.png")
     side_labels = page.locator("#side-views img.plane-labels")
@@ -330,3 +329,38 @@ def test_three_planes_share_a_crosshair_and_a_stroke_on_y_reaches_the_mask(page,
     expect(page.locator("#side-views")).to_be_hidden()
     page.keyboard.press("t")
     expect(page.locator("#side-views")).to_be_visible()
+
+
+def test_a_save_arriving_while_the_next_stroke_is_drawn_keeps_that_stroke_whole(page, services):
+    """The figure is redrawn when a save comes back: mid-stroke, that redraw must wait, or the stroke is lost."""
+    write_scan(services.tiled(writable=True), "quick", "2026-11-23T01:00:00+00:00")
+    page.reload()
+    pick_scan(page, "quick (64 x 64 x 64, float32)")
+    expect(page.locator("#slice-label")).to_have_text("z = 32 / 63")
+    held = []
+
+    def hold_the_first_save(route):
+        if not held and "pending-strokes" in (route.request.post_data or ""):
+            held.append(route)
+        else:
+            route.continue_()
+
+    page.route(re.compile(r"/_dash-update-component"), hold_the_first_save)
+    paint(page, (200, 200), (400, 260))
+    page.wait_for_function("() => document.querySelector('#annotation-status').textContent === 'Saving…'")
+
+    wait_for_slice_on_screen(page)
+    start, end = on_screen(page, column=8, row=50), on_screen(page, column=56, row=50)
+    page.mouse.move(*start)
+    page.mouse.down()
+    page.mouse.move(start[0] + (end[0] - start[0]) / 2, start[1], steps=5)
+    held[0].continue_()  # the first stroke's save comes back now
+    expect(page.locator("#annotation-status")).to_have_text("1 stroke on 1 slice, saved.")
+    page.mouse.move(*end, steps=5)
+    page.mouse.up()
+    expect(page.locator("#annotation-status")).to_have_text("2 strokes on 1 slice, saved.")
+
+    masks = services.tiled()["masks"]["quick"]
+    labels = masks[masks.metadata["current_annotation"]["mask_id"]]["mask"].read()[0]
+    painted_columns = np.flatnonzero(labels[50] != -1)
+    assert painted_columns.min() <= 10 and painted_columns.max() >= 54, painted_columns

@@ -20,7 +20,7 @@ from PIL import Image
 from playwright.sync_api import Page, expect
 
 from tests.browser import (
-    SCREENSHOTS, WAIT_MILLISECONDS, choose_model, needs_chromium, overlay_source, paint, set_field, wait_for_overlay,
+    SCREENSHOTS, WAIT_MILLISECONDS, choose_model, needs_chromium, overlay_source, paint_on_slice, set_field, wait_for_overlay,
 )
 from tests.services import RunningStack
 
@@ -101,18 +101,18 @@ def test_1_the_shipped_sample_is_listed_on_first_start(page, stack):
 
 def test_2_paint_with_keys_undo_and_a_reload_shows_the_undone_state(page):
     page.keyboard.press("b")
-    paint(page, (60, 60), (260, 80))  # class 1, the first in the list
+    paint_on_slice(page, (6, 7), (40, 9))  # class 1, the first in the list
     expect(status(page)).to_have_text("1 stroke on 1 slice, saved.")
     page.keyboard.press("2")
     page.keyboard.press("r")
     expect(page.locator("#active-class input").nth(1)).to_be_checked()
     expect(page.locator("#tool input[value=rectangle]")).to_be_checked()
-    paint(page, (180, 260), (330, 330))
+    paint_on_slice(page, (18, 28), (40, 38))
     expect(status(page)).to_have_text("2 strokes on 1 slice, saved.")
     page.keyboard.press("b")
     page.keyboard.press("1")
     expect(page.locator("#active-class input").nth(0)).to_be_checked()
-    paint(page, (60, 380), (260, 400))
+    paint_on_slice(page, (6, 44), (30, 46))
     expect(status(page)).to_have_text("3 strokes on 1 slice, saved.")
     page.keyboard.press("Control+z")
     expect(status(page)).to_have_text("2 strokes on 1 slice, saved.")
@@ -130,8 +130,6 @@ def test_3_train_a_random_forest_and_see_the_scribbles_above_its_labels(page):
     wait_for_overlay(page, lambda source: source is not None and "/z/32.png" in source, kind="results")
     assert image_order(page) == ["slice", "result", "labels"]
     expect(page.locator("#result-details")).to_contain_text("held-out mean IoU")
-    SCREENSHOTS.mkdir(exist_ok=True)
-    page.screenshot(path=SCREENSHOTS / "training.png")
 
 
 def test_4_segment_the_volume_and_read_its_labels_on_another_slice_and_axis(page):
@@ -147,6 +145,7 @@ def test_4_segment_the_volume_and_read_its_labels_on_another_slice_and_axis(page
     page.locator("#axis").get_by_label("y", exact=True).check()
     across = wait_for_overlay(page, lambda source: source is not None and "/y/32.png" in source, kind="results")
     assert overlay_pixels(page, across)[..., 3].mean() > 200
+    SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "segmented-y.png")
     page.locator("#axis").get_by_label("z", exact=True).check()
 

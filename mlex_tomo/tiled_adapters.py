@@ -3,7 +3,8 @@
 Every adapter named in tiled_config/config.yml (`adapters_by_mimetype`) first checks
 that what it is about to read lies under the readable roots (mlex_tomo/readable_files.py):
 a registered file may have changed since registration, into a link or a dataset that
-reads from elsewhere. TIFF and Zarr are then served by Tiled's own adapters.
+reads from elsewhere. TIFF is then served by Tiled's own adapters, Zarr by Tiled's own
+array adapter over a store that checks each chunk it reads.
 
 HDF5 gets its own: Tiled 0.2.18's HDF5 array adapter builds, for every request, a Dask
 graph with one task per chunk of the whole dataset and reopens the file for each chunk
@@ -20,21 +21,26 @@ from __future__ import annotations
 import copy
 import math
 import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import h5py
 import numpy as np
+import zarr
 from numpy.typing import NDArray
 from tiled.adapters.array import ArrayAdapter
 from tiled.adapters.hdf5 import SWMR_DEFAULT, HDF5Adapter, get_hdf5_attrs, h5open
 from tiled.adapters.tiff import TiffAdapter, TiffSequenceAdapter
-from tiled.adapters.zarr import ZarrAdapter
+from tiled.adapters.zarr import ZarrArrayAdapter
 from tiled.ndslice import NDBlock, NDSlice
 from tiled.structures.array import ArrayStructure
 from tiled.structures.core import StructureFamily
 from tiled.structures.data_source import DataSource, Management
 from tiled.utils import path_from_uri
+from zarr.abc.store import ByteRequest
+from zarr.core.buffer import Buffer, BufferPrototype
+from zarr.storage import LocalStore
 
 from mlex_tomo.readable_files import OutsideRoots, check_registered_dataset, within_roots
 
@@ -89,10 +95,40 @@ class TiffSequenceVolumeAdapter(_CheckedFilesAdapter):
     served_by = TiffSequenceAdapter
 
 
-class ZarrVolumeAdapter(_CheckedFilesAdapter):
-    """A store's folder is checked here; its chunks are checked at registration."""
+class CheckedLocalStore(LocalStore):
+    """A Zarr store on disk whose every key is checked as it is read.
 
-    served_by = ZarrAdapter
+    Walking a store's folder at each request would cost a listing of every chunk of a
+    terabyte volume; checking the chunks read costs a path resolution each, and a chunk
+    turned into a link out of the roots after registration is refused.
+    """
+
+    def __init__(self, root: Path, roots: list[Path]) -> None:
+        super().__init__(root, read_only=True)
+        self.roots = roots
+
+    async def get(self, key: str, prototype: BufferPrototype | None = None, byte_range: ByteRequest | None = None) -> Buffer | None:
+        within_roots(self.root / key, self.roots)
+        return await super().get(key, prototype, byte_range)
+
+    async def get_partial_values(
+        self, prototype: BufferPrototype, key_ranges: Iterable[tuple[str, ByteRequest | None]],
+    ) -> list[Buffer | None]:
+        key_ranges = list(key_ranges)
+        for key, _ in key_ranges:
+            within_roots(self.root / key, self.roots)
+        return await super().get_partial_values(prototype, key_ranges)
+
+
+class ZarrVolumeAdapter:
+    """A registered Zarr array (the ingester registers the array itself, also one inside a group), read through a CheckedLocalStore."""
+
+    @classmethod
+    def from_catalog(cls, data_source: DataSource, node: Any, /, **parameters: Any) -> ZarrArrayAdapter:
+        check_external_files(data_source)
+        store = CheckedLocalStore(Path(path_from_uri(data_source.assets[0].data_uri)), readable_roots())
+        array = zarr.open_array(store=store, mode="r")
+        return ZarrArrayAdapter(array, structure=data_source.structure, metadata=node.metadata_, specs=node.specs, **parameters)
 
 
 class HDF5VolumeAdapter:

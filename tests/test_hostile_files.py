@@ -195,6 +195,23 @@ def test_a_registered_tiff_replaced_by_a_link_out_of_the_roots_is_not_served(til
     assert refused.status_code >= 400 and bytes([9]) * 8 not in refused.content
 
 
+@pytest.mark.stack
+def test_a_registered_zarr_chunk_replaced_by_a_link_out_of_the_roots_is_not_served(tiled, tmp_path):
+    root = tiled.recons_root.resolve()
+    store = root / "chunked.zarr"
+    zarr.create_array(str(store), shape=SHAPE, chunks=(1, 8, 8), dtype=np.uint8, compressors=None)[:] = 5
+    Processor(tiled.settings).process(IngestMessage(filePath=str(store)))
+    served = anonymous_bytes(tiled, "chunked")
+    assert served.status_code == 200 and served.content == bytes([5]) * len(SECRET)
+
+    (tmp_path / "secret").write_bytes(SECRET[:64])  # one uncompressed chunk's worth
+    chunk = next(path for path in store.rglob("*") if path.is_file() and "zarr.json" not in path.name)
+    chunk.unlink()
+    chunk.symlink_to(tmp_path / "secret")
+    refused = anonymous_bytes(tiled, "chunked")
+    assert refused.status_code >= 400 and SECRET[:32] not in refused.content
+
+
 @pytest.mark.parametrize(
     ("values", "reason"),
     [

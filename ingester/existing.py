@@ -37,27 +37,27 @@ def register_existing(settings: StackSettings, report: Callable[[str], None]) ->
     """
     # A file on disk at start-up is as complete as it will get: waiting for a writer only delays the start.
     no_wait = settings.ingester.model_copy(update={"file_wait_seconds": 0})
-    processor = Processor(settings.model_copy(update={"ingester": no_wait}))
-    processor.registry  # noqa: B018 - connects: a Tiled problem stops here, not once per file
-    result = ExistingScans()
-    for root in settings.ingest_roots:
-        for path in find_scans(root):
-            try:
-                outcome = processor.process(IngestMessage(filePath=str(path)))
-            except TiledUnavailable:
-                raise
-            except Rejected as reason:
-                result.skipped += 1
-                report(f"not registering {path}: {reason}")
-            except Exception as error:  # one file we cannot make sense of must not stop the others
-                result.skipped += 1
-                report(f"not registering {path}: internal error: {type(error).__name__}: {error}")
-            else:
-                if outcome.kind == "registered":
-                    result.registered.append(outcome.registration.path)
-                    report(f"registered {path} at {outcome.registration.path}")
+    with Processor(settings.model_copy(update={"ingester": no_wait})) as processor:
+        processor.registry  # noqa: B018 - connects: a Tiled problem stops here, not once per file
+        result = ExistingScans()
+        for root in settings.ingest_roots:
+            for path in find_scans(root):
+                try:
+                    outcome = processor.process(IngestMessage(filePath=str(path)))
+                except TiledUnavailable:
+                    raise
+                except Rejected as reason:
+                    result.skipped += 1
+                    report(f"not registering {path}: {reason}")
+                except Exception as error:  # one file we cannot make sense of must not stop the others
+                    result.skipped += 1
+                    report(f"not registering {path}: internal error: {type(error).__name__}: {error}")
                 else:
-                    result.unchanged += 1
+                    if outcome.kind == "registered":
+                        result.registered.append(outcome.registration.path)
+                        report(f"registered {path} at {outcome.registration.path}")
+                    else:
+                        result.unchanged += 1
     return result
 
 

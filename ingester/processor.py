@@ -9,14 +9,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 from ingester.errors import Interrupted, Rejected, Unreadable
+from ingester.file_reader import FileReader
 from ingester.messages import IngestMessage
-from ingester.paths import resolve_within_roots
 from ingester.registry import Registration, ScanRegistry
-from ingester.sources import ScanDescription, describe
+from ingester.sources import ScanDescription
 from mlex_tomo.settings import StackSettings
 
 FIRST_FILE_POLL_SECONDS = 0.05
@@ -40,6 +39,7 @@ class Processor:
         self.roots = settings.ingest_roots
         self._connect_registry = connect_registry
         self._registry: ScanRegistry | None = None
+        self._reader = FileReader(settings.ingester.file_read_seconds)
 
     def process(
         self, message: IngestMessage, should_stop: Callable[[], bool] = lambda: False, wait_for_file: bool = True,
@@ -52,14 +52,13 @@ class Processor:
         ingester = self.settings.ingester
         if not message.is_final(ingester.accepted_statuses):
             return Outcome("skipped", f"status {message.status!r} does not mean the file is final")
-        resolve_within_roots(message.file_path, self.roots)
-        path = Path(message.file_path)
+        path = message.file_path
         scan = self._describe_when_written(path, should_stop) if wait_for_file else self._describe(path)
         registration = self.registry.register(scan, message.producer_fields())
         kind = "registered" if registration.created else "unchanged"
         return Outcome(kind, f"{scan.file_format} {scan.volume.structure.shape} at {registration.path}", registration)
 
-    def _describe_when_written(self, path: Path, should_stop: Callable[[], bool]) -> ScanDescription:
+    def _describe_when_written(self, path: str, should_stop: Callable[[], bool]) -> ScanDescription:
         """Writers announce files a little early at times: wait until the file exists and reads."""
         ingester = self.settings.ingester
         deadline = time.monotonic() + ingester.file_wait_seconds
@@ -75,16 +74,24 @@ class Processor:
             time.sleep(pause)
             pause = min(pause * 2, LONGEST_FILE_POLL_SECONDS)
 
-    def _describe(self, path: Path) -> ScanDescription:
-        if not path.exists():
-            raise Unreadable(f"{path} does not exist")
-        return describe(resolve_within_roots(str(path), self.roots), self.roots, self.settings.ingester.hdf5_dataset)
+    def _describe(self, path: str) -> ScanDescription:
+        return self._reader.describe(path, self.roots, self.settings.ingester.hdf5_dataset)
 
     @property
     def registry(self) -> ScanRegistry:
         if self._registry is None:
             self._registry = self._connect_registry(self.settings)
         return self._registry
+
+    def close(self) -> None:
+        """Stop the file reader; a later file starts another."""
+        self._reader.close()
+
+    def __enter__(self) -> Processor:
+        return self
+
+    def __exit__(self, *exception: object) -> None:
+        self.close()
 
     def forget_connection(self) -> None:
         """After Tiled failed, connect afresh on the next attempt."""

@@ -29,7 +29,8 @@ def run_ingester(settings: StackSettings) -> int:
     threading.Thread(target=status.keep_fresh, args=(stop,), daemon=True).start()
     if settings.ingester.register_existing:
         _register_scans_on_disk(settings, log)
-    Listener(settings, Processor(settings), status).run(stop)
+    with Processor(settings) as processor:
+        Listener(settings, processor, status).run(stop)
     status.update(connected=False, stopped=True)
     log.info("stopped")
     return 0

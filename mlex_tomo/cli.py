@@ -275,7 +275,8 @@ def _ingest(settings: StackSettings, arguments: argparse.Namespace) -> int:
 
     path = Path(arguments.path).expanduser().absolute()
     try:
-        outcome = Processor(settings).process(IngestMessage(filePath=str(path)))
+        with Processor(settings) as processor:
+            outcome = processor.process(IngestMessage(filePath=str(path)))
     except (Rejected, TiledUnavailable) as error:
         print(f"mlex-tomo: not ingested: {error}", file=sys.stderr)
         return EXIT_FAILURE

@@ -208,6 +208,11 @@ class IngesterSettings(Section):
     file_wait_seconds: float = Field(
         default=30.0, ge=0, description="How long to wait for an announced file that is not there yet."
     )
+    file_read_seconds: float = Field(
+        default=60.0, gt=0,
+        description="Longest the headers of one file may take to read (a stalled network mount, a file built to "
+        "stall a reader); a slower file is dead-lettered with that reason and the messages behind it go on.",
+    )
     heartbeat_milliseconds: int = Field(
         default=10_000, ge=0, description="STOMP heart-beat interval, both directions."
     )

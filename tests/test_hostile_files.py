@@ -13,6 +13,7 @@ import tifffile
 import zarr
 
 from ingester.errors import Rejected
+from ingester.file_reader import FileReader
 from ingester.messages import IngestMessage
 from ingester.processor import Processor
 from ingester.sources import describe
@@ -117,6 +118,33 @@ def test_a_zarr_store_with_a_chunk_linked_out_of_the_roots_is_refused(folders):
     chunk.symlink_to(outside / "secret")
     with pytest.raises(OutsideRoots, match="secret|outside the data roots"):
         check_folder(store, [root])
+
+
+def test_a_file_slower_to_read_than_the_bound_is_refused_and_the_next_one_reads(folders):
+    root, outside = folders
+    plain(root / "volume.h5")
+    external_storage(root / "storage.h5", outside / "secret")
+    with FileReader(seconds=60) as reader:
+        assert reader.describe(str(root / "volume.h5"), [root], None) == describe(root / "volume.h5", [root])
+        with pytest.raises(Rejected, match="secret is outside the data roots"):  # the reader's refusals come back as they are
+            reader.describe(str(root / "storage.h5"), [root], None)
+        reader.seconds = 1e-6
+        with pytest.raises(Rejected, match=r"reading .*volume.h5 took longer than 1e-06 s \(ingester.file_read_seconds\)"):
+            reader.describe(str(root / "volume.h5"), [root], None)
+        reader.seconds = 60
+        assert reader.describe(str(root / "volume.h5"), [root], None).file_format == "hdf5"  # read by a fresh reader
+
+
+def test_a_reader_gone_while_idle_is_replaced(folders):
+    root, _ = folders
+    plain(root / "volume.h5")
+    with FileReader(seconds=60) as reader:
+        reader.describe(str(root / "volume.h5"), [root], None)
+        process = reader._process
+        process.kill()
+        process.wait()
+        assert reader.describe(str(root / "volume.h5"), [root], None).file_format == "hdf5"
+        assert reader._process is not process
 
 
 @pytest.fixture(scope="module")

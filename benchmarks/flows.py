@@ -39,7 +39,7 @@ from benchmarks.ingest import free_ports, percentile
 from flows.segmentation import segmentation
 from mlex_tomo.phantom import PhantomSpec, generate
 from mlex_tomo.settings import StackSettings, load_settings
-from mlex_tomo.stack.services import worker_service
+from mlex_tomo.stack.services import prefect_worker_command, worker_environment
 
 BASELINE_POOL = "segmentation-default-polling"
 BASELINE_DEPLOYMENT = "segmentation-default-polling"
@@ -97,11 +97,11 @@ async def deploy_baseline() -> None:
 
 
 def start_baseline_worker(settings: StackSettings, environment: dict[str, str]) -> subprocess.Popen:
-    worker = worker_service(settings)
-    command = [*worker.command[: worker.command.index("--pool") + 1], BASELINE_POOL, "--type", "process"]
-    worker_environment = {**environment, **worker.env}
-    worker_environment.pop("PREFECT_WORKER_QUERY_SECONDS")
-    return subprocess.Popen(command, env=worker_environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    command = prefect_worker_command(settings)
+    command = [*command[: command.index("--pool") + 1], BASELINE_POOL, "--type", "process"]
+    baseline_environment = {**environment, **worker_environment(settings)}
+    baseline_environment.pop("PREFECT_WORKER_QUERY_SECONDS")
+    return subprocess.Popen(command, env=baseline_environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
 
 def job_started_at(job_name: str, deadline: float) -> float:

@@ -27,6 +27,7 @@ from segmentation.parameters import LAUNCHER_PID_VARIABLE
 
 TAIL_LINES = 20
 ENGINE_COMMAND_TIMEOUT_SECONDS = 30
+PARENT_CHECK_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,22 @@ def stop_job(process: subprocess.Popen, launch: Launch, grace_seconds: float) ->
         process.wait()
     if launch.remove_command is not None:
         _run_engine(launch.remove_command)
+
+
+def stop_when_the_parent_dies(check_seconds: float = PARENT_CHECK_SECONDS) -> None:
+    """SIGTERM this process once its parent (the worker, for a flow run) is gone, stopping its job as a cancel does.
+
+    A flow run orphaned by a crashed worker would otherwise run its job to the end with
+    nobody to report to; it stops instead and Prefect marks it crashed.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(check_seconds)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
 def _parse_event(line: str) -> dict[str, Any] | None:

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from flows.leftovers import LAUNCHED_BY_LABEL
+
 LauncherName = Literal["process", "podman", "docker"]
 CONTAINER_PARAMETERS_PATH = "/job/params.yaml"
 CONTAINER_NAME_PREFIX = "mlex-tomo-job-"
@@ -63,6 +65,7 @@ class ContainerLauncher:
     rootfs: Path | None = None
     rootfs_python: Path | None = None
     stop_grace_seconds: float = 3.0
+    launched_by: str | None = None  # flows.leftovers.process_identity() of the process that runs the engine
 
     def __post_init__(self) -> None:
         if self.rootfs is not None and self.engine != "podman":
@@ -75,6 +78,10 @@ class ContainerLauncher:
             self.engine, "run", "--rm", "--init",
             "--name", name,
             "--label", f"mlex-tomo.job-id={job_id}",
+        ]
+        if self.launched_by is not None:  # a worker started later removes the container if this process is gone
+            command += ["--label", f"{LAUNCHED_BY_LABEL}={self.launched_by}"]
+        command += [
             "--network", self.network,
             "--env", "PYTHONUNBUFFERED=1",
         ]

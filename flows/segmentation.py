@@ -26,7 +26,8 @@ from prefect.artifacts import create_link_artifact, create_progress_artifact, cr
 from prefect.runtime import flow_run
 from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
 
-from flows.job_runner import run_launched_job
+from flows.job_runner import run_launched_job, stop_when_the_parent_dies
+from flows.leftovers import process_identity
 from flows.launchers import ContainerLauncher, JobResources, Launcher, LauncherName, ProcessLauncher, node_has_gpus
 from mlex_tomo.settings import StackSettings, load_settings
 from mlex_tomo.tiled_layout import RESULTS, node_uri
@@ -102,6 +103,7 @@ def step_job_ids(request: SegmentationRequest, flow_run_id: str) -> dict[str, st
 
 @flow(name="segmentation")
 def segmentation(request: SegmentationRequest) -> list[StepOutcome]:
+    stop_when_the_parent_dies()
     job_ids = step_job_ids(request, str(flow_run.id or "local"))
     outcomes = []
     if "train" in job_ids:
@@ -181,6 +183,7 @@ def launcher_for(request: SegmentationRequest, settings: StackSettings) -> Launc
         rootfs=jobs.container_rootfs,
         rootfs_python=jobs.python,
         stop_grace_seconds=jobs.stop_grace_seconds,
+        launched_by=process_identity(),
     )
 
 

@@ -227,14 +227,17 @@ def _deploy(settings: StackSettings, arguments: argparse.Namespace) -> int:
 
 
 def _worker(settings: StackSettings, arguments: argparse.Namespace) -> int:
-    """Replaces this process with the worker, so signals reach it directly."""
+    """Removes what a crashed worker left, then replaces this process with Prefect's worker, so signals reach it directly."""
     import os
 
-    from mlex_tomo.stack.services import worker_service, write_child_settings
+    from flows.leftovers import clean_up_leftovers
+    from mlex_tomo.stack.services import prefect_worker_command, worker_environment, write_child_settings
 
     write_child_settings(settings)
-    worker = worker_service(settings)
-    os.execve(worker.command[0], worker.command, {**os.environ, **worker.env})
+    for removed in clean_up_leftovers():
+        print(f"removed what a crashed worker left: {removed}", flush=True)
+    command = prefect_worker_command(settings)
+    os.execve(command[0], command, {**os.environ, **worker_environment(settings)})
 
 
 def _ui(settings: StackSettings, arguments: argparse.Namespace) -> int:

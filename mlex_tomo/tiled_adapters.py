@@ -32,7 +32,7 @@ from numpy.typing import NDArray
 from tiled.adapters.array import ArrayAdapter
 from tiled.adapters.hdf5 import SWMR_DEFAULT, HDF5Adapter, get_hdf5_attrs, h5open
 from tiled.adapters.tiff import TiffAdapter, TiffSequenceAdapter
-from tiled.adapters.zarr import ZarrArrayAdapter
+from tiled.adapters.zarr import ZarrAdapter, ZarrArrayAdapter
 from tiled.ndslice import NDBlock, NDSlice
 from tiled.structures.array import ArrayStructure
 from tiled.structures.core import StructureFamily
@@ -121,10 +121,16 @@ class CheckedLocalStore(LocalStore):
 
 
 class ZarrVolumeAdapter:
-    """A registered Zarr array (the ingester registers the array itself, also one inside a group), read through a CheckedLocalStore."""
+    """A registered Zarr array (the ingester registers the array itself, also one inside a group), read through a CheckedLocalStore.
+
+    Arrays written through Tiled (masks, results) live in its own storage and are served,
+    and written, by Tiled's own adapter.
+    """
 
     @classmethod
-    def from_catalog(cls, data_source: DataSource, node: Any, /, **parameters: Any) -> ZarrArrayAdapter:
+    def from_catalog(cls, data_source: DataSource, node: Any, /, **parameters: Any) -> Any:
+        if data_source.management != Management.external:
+            return ZarrAdapter.from_catalog(data_source, node, **parameters)
         check_external_files(data_source)
         store = CheckedLocalStore(Path(path_from_uri(data_source.assets[0].data_uri)), readable_roots())
         array = zarr.open_array(store=store, mode="r")

@@ -209,6 +209,28 @@ def test_cancelling_a_run_stops_its_job_within_seconds(stack, launcher):
         assert job_containers() == []
 
 
+@needs_podman
+def test_a_worker_killed_mid_job_leaves_no_job_behind_and_comes_back(stack):
+    """The flow run sees its worker gone and stops its container; `up` restarts the worker, which finds nothing left."""
+    job_name = "abandoned"
+    slow = {"name": "TUNet", "depth": 2, "base_channels": 4, "num_epochs": 10_000, "early_stopping_patience": 10_000}
+    flow_run = run(stack, request(stack, steps="train", job_name=job_name, launcher="podman", model=slow), timeout=0)
+    wait_for(lambda: job_processes(job_name), timeout=120, message="the job to start")
+    assert any(name.startswith(f"mlex-tomo-job-{job_name}-") for name in job_containers())
+    workers = stack_workers(stack)
+    assert len(workers) == 1, workers
+    workers[0].kill()
+
+    wait_for(lambda: not job_processes(job_name) and not job_containers(), timeout=90, message="the job and its container to go")
+    wait_for(lambda: read_run_records(stack, flow_run.id)[2].state.is_final(), timeout=60, message="the run to end")
+    assert read_run_records(stack, flow_run.id)[2].state.is_crashed()
+    wait_for(lambda: [worker.pid for worker in stack_workers(stack)] not in ([], [workers[0].pid]), timeout=120, message="a new worker")
+
+
+def stack_workers(stack) -> list[psutil.Process]:
+    return [process for process in psutil.Process(stack.process.pid).children(recursive=True) if "worker" in process.cmdline()]
+
+
 def alive(process: psutil.Process) -> bool:
     try:
         return process.is_running() and process.status() != psutil.STATUS_ZOMBIE

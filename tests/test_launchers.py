@@ -27,12 +27,14 @@ def test_the_process_launcher_runs_the_job_module_with_the_secret_in_the_environ
 
 
 def test_podman_gets_cdi_gpus_limits_and_the_secret_by_name_only(tmp_path):
-    launcher = ContainerLauncher("podman", "registry.example/segmentation:1")
+    launcher = ContainerLauncher("podman", "registry.example/segmentation:1", launched_by="node-7/4242/99")
     resources = JobResources(cpus=8, memory_gib=31.5, gpus=True)
     launch = launcher.launch("job-2", tmp_path / "job-2.yaml", tmp_path / "models", resources, {"TILED_API_KEY": SECRET})
     command = launch.command
     assert command[:3] == ["podman", "run", "--rm"]
     assert command[command.index("--name") + 1] == "mlex-tomo-job-job-2"
+    labels = [command[index + 1] for index, argument in enumerate(command) if argument == "--label"]
+    assert labels == ["mlex-tomo.job-id=job-2", "mlex-tomo.launched-by=node-7/4242/99"]  # what flows/leftovers.py looks for
     assert command[command.index("--device") + 1] == "nvidia.com/gpu=all"
     passed = [command[index + 1] for index, argument in enumerate(command) if argument == "--env"]
     assert "TILED_API_KEY" in passed and SECRET not in " ".join(command)

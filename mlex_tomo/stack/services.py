@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import sys
 from collections.abc import Callable
@@ -98,23 +99,27 @@ def prefect_server_service(settings: StackSettings) -> Service:
 
 
 def worker_service(settings: StackSettings) -> Service:
+    """`mlex-tomo worker`: removes what a crashed worker left (flows/leftovers.py), then becomes Prefect's worker."""
+    return Service(name="worker", command=mlex_tomo_command(settings, "worker"), probe=worker_health, env=worker_environment(settings))
+
+
+def prefect_worker_command(settings: StackSettings) -> list[str]:
     prefect = settings.prefect
-    return Service(
-        name="worker",
-        command=[
-            sys.executable, "-m", "prefect", "worker", "start",
-            "--pool", prefect.work_pool, "--type", "process",
-            "--name", f"{socket.gethostname()}-{prefect.work_pool}",
-        ],
-        probe=worker_health,
-        env={
-            **prefect_client_environment(settings),
-            "PREFECT_WORKER_QUERY_SECONDS": str(prefect.worker_query_seconds),
-            # Flow runs inherit these: the stack's settings, and its secrets by environment only.
-            CONFIG_FILE_VARIABLE: str(child_settings_path(settings)),
-            **secrets_as_environment(settings),
-        },
-    )
+    return [
+        sys.executable, "-m", "prefect", "worker", "start",
+        "--pool", prefect.work_pool, "--type", "process",
+        "--name", f"{socket.gethostname()}-{prefect.work_pool}",
+    ]
+
+
+def worker_environment(settings: StackSettings) -> dict[str, str]:
+    return {
+        **prefect_client_environment(settings),
+        "PREFECT_WORKER_QUERY_SECONDS": str(settings.prefect.worker_query_seconds),
+        # Flow runs inherit these: the stack's settings, and its secrets by environment only.
+        CONFIG_FILE_VARIABLE: str(child_settings_path(settings)),
+        **secrets_as_environment(settings),
+    }
 
 
 def ingester_service(settings: StackSettings) -> Service:
@@ -152,7 +157,9 @@ def write_child_settings(settings: StackSettings) -> None:
     """Children read the resolved settings from a file; their secrets come by environment."""
     path = child_settings_path(settings)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(settings_as_yaml(settings))
+    written = path.with_name(f".{path.name}.{os.getpid()}")  # a part restarting meanwhile reads the old file or the new, whole
+    written.write_text(settings_as_yaml(settings))
+    written.replace(path)
 
 
 def prefect_client_environment(settings: StackSettings) -> dict[str, str]:

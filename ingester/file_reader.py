@@ -30,6 +30,7 @@ from ingester.paths import resolve_within_roots
 from ingester.sources import ScanDescription, describe
 
 START_SECONDS = 60.0  # for the reader's imports, on top of the first file's bound
+REAP_SECONDS = 5.0  # for a killed reader to go
 
 
 class FileReader:
@@ -49,16 +50,22 @@ class FileReader:
             started_now = self._process is None
             if started_now:
                 self._start()
-            self._requests.send((path, roots, hdf5_dataset))
+            try:
+                self._requests.send((path, roots, hdf5_dataset))
+            except BrokenPipeError:  # it died since the check above
+                self.close()
+                self._start()
+                started_now = True
+                self._requests.send((path, roots, hdf5_dataset))
             if not self._replies.poll(self.seconds + (START_SECONDS if started_now else 0)):
                 self.close()
                 raise Rejected(f"reading {path} took longer than {self.seconds:g} s (ingester.file_read_seconds); the reader was stopped")
             try:
                 succeeded, outcome = self._replies.recv()
             except EOFError:
-                exit_code = self._process.wait()
+                reader = self._process
                 self.close()
-                raise Rejected(f"reading {path} crashed the reader (exit code {exit_code})") from None
+                raise Rejected(f"reading {path} crashed the reader (exit code {reader.returncode})") from None
         if not succeeded:
             raise outcome
         return outcome
@@ -69,7 +76,10 @@ class FileReader:
         self._requests.close()
         self._replies.close()
         self._process.kill()
-        self._process.wait()
+        try:
+            self._process.wait(REAP_SECONDS)
+        except subprocess.TimeoutExpired:  # stuck in the kernel on a hung mount: it goes when the mount answers
+            pass
         self._process = self._requests = self._replies = None
 
     def __enter__(self) -> FileReader:

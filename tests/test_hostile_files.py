@@ -135,6 +135,22 @@ def test_a_file_slower_to_read_than_the_bound_is_refused_and_the_next_one_reads(
         assert reader.describe(str(root / "volume.h5"), [root], None).file_format == "hdf5"  # read by a fresh reader
 
 
+class ExitsWhereUnpickled:
+    """Unpickled by the reader, it ends the reader's process mid-request: a crash as libhdf5's would be."""
+
+    def __reduce__(self):
+        return os._exit, (3,)
+
+
+def test_a_reader_that_crashes_mid_read_rejects_that_file_and_the_next_one_reads(folders):
+    root, _ = folders
+    plain(root / "volume.h5")
+    with FileReader(seconds=60) as reader:
+        with pytest.raises(Rejected, match=r"reading .*volume.h5 crashed the reader \(exit code 3\)"):
+            reader.describe(str(root / "volume.h5"), [root], ExitsWhereUnpickled())
+        assert reader.describe(str(root / "volume.h5"), [root], None).file_format == "hdf5"
+
+
 def test_a_reader_gone_while_idle_is_replaced(folders):
     root, _ = folders
     plain(root / "volume.h5")

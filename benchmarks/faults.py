@@ -57,6 +57,7 @@ class Published:
     poison: str = ""
     sent_at: float = 0.0
     after_poison: bool = False
+    refused_by_broker: bool = False
 
 
 @dataclass
@@ -76,19 +77,23 @@ class Publisher:
         self.receipts: set[str] = set()
         self.arrived = threading.Condition()
 
-    def send(self, body: str | bytes) -> None:
-        while True:
+    def send(self, body: str | bytes, attempts: int | None = None) -> bool:
+        """True once the broker confirmed it; False after `attempts` unconfirmed tries (None: until confirmed)."""
+        tried = 0
+        while attempts is None or tried < attempts:
+            tried += 1
             try:
                 connection = self._connected()
                 receipt = uuid.uuid4().hex
                 connection.send(self.settings.ingester.destination, body, headers={"persistent": "true", "receipt": receipt})
                 with self.arrived:
                     if self.arrived.wait_for(lambda: receipt in self.receipts, timeout=10):
-                        return
+                        return True
             except (stomp.exception.StompException, OSError):
                 pass
             self._drop()
             time.sleep(0.5)
+        return False
 
     def on_receipt(self, frame) -> None:
         with self.arrived:
@@ -280,7 +285,10 @@ def main() -> None:
                 print(f"fault: {name} at message {position}", flush=True)
             time.sleep(max(0.0, started + position / arguments.rate - time.monotonic()))
             send_began = time.monotonic()
-            publisher.send(body)
+            if entry.poison:
+                entry.refused_by_broker = not publisher.send(body, attempts=3)  # a broker may refuse a frame outright
+            else:
+                publisher.send(body)
             entry.sent_at = send_began
         publishing_seconds = time.monotonic() - started
 
@@ -316,8 +324,9 @@ def main() -> None:
           f"({len({entry.poison for entry in poisons})} kinds), faults: broker kill -9, ingester kill -9, Tiled paused {TILED_PAUSE_SECONDS} s")
     print(f"registered {len(registered)} of {len(valid)}; lost {len(valid) - len(registered)}; "
           f"duplicated {len(duplicates)} (other soak- nodes in /recons)")
+    refused = sum(entry.refused_by_broker for entry in poisons)
     print(f"poison: {len(letters)} dead-lettered ({sum(1 for reason in reasons if reason)} with a reason), {len(parked)} parked, "
-          f"of {len(poisons)} sent")
+          f"{refused} refused by the broker itself, of {len(poisons)}")
     if quiet:
         print(f"valid messages outside fault windows: median {statistics.median(quiet):.2f} s to readable, max {max(quiet):.2f} s")
     if behind_poison:

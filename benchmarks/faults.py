@@ -1,6 +1,6 @@
 """Soak under faults: announcements through a broker crash, an ingester crash and a Tiled pause, poison mixed in.
 
-    python -m benchmarks.faults [--valid 300] [--rate 5]
+    python -m benchmarks.faults [--valid 450] [--rate 3] [--keep]
 
 Starts `mlex-tomo up` in a temporary data directory on free ports, then publishes
 `--valid` announcements of good scans at `--rate` per second, one poison message or
@@ -11,16 +11,19 @@ hostile file after every ninth, while:
 The publisher waits for the broker's receipt of each message and resends what got none
 (as a producer with a persistent outbox does). Then it waits for the stream to drain
 and prints: sent, registered, duplicated, lost; poison dead-lettered or parked, each
-with a reason; the longest a valid message published right after a poison one took
-to be readable, outside the fault windows, next to the median of all valid ones in
-quiet times (the baseline of the same run); and whether any byte of a secret outside
-the data roots was served. docs/benchmarks.md records the figures.
+with a reason; each fault's window (until a message sent after it was readable); the
+time to readable of valid messages outside and during those windows; how much longer
+a valid message right behind a poison one took than the valid one right before it
+(paired neighbours see the same backlog, so the difference is the poison's doing); and
+whether any byte of a secret outside the data roots was served. docs/benchmarks.md
+records the figures.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import platform
 import signal
@@ -56,16 +59,24 @@ class Published:
     key: str  # the scan key a valid message registers; empty for poison
     poison: str = ""
     sent_at: float = 0.0
-    after_poison: bool = False
     refused_by_broker: bool = False
 
 
 @dataclass
 class Faults:
-    windows: list[tuple[float, float]] = field(default_factory=list)  # (start, end) of each fault, monotonic
+    """When each fault began and ended (monotonic); a fault's window lasts until the stack has recovered from it."""
 
-    def during(self, moment: float, slack: float = 5.0) -> bool:
-        return any(start - slack <= moment <= end + slack for start, end in self.windows)
+    happened: list[tuple[float, float]] = field(default_factory=list)
+    windows: list[tuple[float, float]] = field(default_factory=list)
+
+    def close_windows(self, stream: list[Published], seen: dict[str, float]) -> None:
+        """Recovered: the first valid message sent after the fault ended is readable."""
+        for began, ended in self.happened:
+            after = [seen[entry.key] for entry in stream if entry.key in seen and entry.sent_at >= ended]
+            self.windows.append((began, min(after, default=float("inf"))))
+
+    def during(self, moment: float) -> bool:
+        return any(start <= moment <= end for start, end in self.windows)
 
 
 class Publisher:
@@ -177,22 +188,19 @@ def process_of(stack: subprocess.Popen, *words: str) -> psutil.Process:
 
 def registered_at(settings: StackSettings, keys: set[str], seen: dict[str, float], others: set[str], stop: threading.Event) -> None:
     """Notes when each key becomes listed in /recons (polled every 0.2 s), and any other `soak-` node (a duplicate)."""
-    url = f"{settings.tiled.base_url}/api/v1/search/recons"
     while not stop.is_set():
         try:
-            offset = 0
-            while True:
-                page = httpx.get(url, params={"page[offset]": offset, "page[limit]": 300, "fields": ""}, timeout=5).json()
-                found = [entry["id"] for entry in page["data"]]
+            url: str | None = f"{settings.tiled.base_url}/api/v1/search/recons?page[limit]=300&fields="
+            while url is not None:  # Tiled's `meta.count` is an estimate past 100: follow the pages to the end
+                page = httpx.get(url, timeout=5).json()
                 now = time.monotonic()
-                for key in found:
+                for key in (entry["id"] for entry in page["data"]):
                     if key in keys and key not in seen:
                         seen[key] = now
                     elif key.startswith("soak-") and key not in keys:
                         others.add(key)
-                offset += len(found)
-                if not found or offset >= page["meta"]["count"]:
-                    break
+                url = page["links"].get("next")
+                url = url and f"{url}&fields="  # keys only: the poll must not load the stack it measures
         except (httpx.HTTPError, ValueError, KeyError):
             pass
         stop.wait(0.2)
@@ -220,9 +228,11 @@ def dead_letters(settings: StackSettings, timeout: float = 20) -> list[stomp.uti
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--valid", type=int, default=300, help="valid announcements")
-    parser.add_argument("--rate", type=float, default=5.0, help="announcements per second")
+    parser.add_argument("--valid", type=int, default=450, help="valid announcements")
+    parser.add_argument("--rate", type=float, default=3.0, help="announcements per second (the ingester takes about 8 a second here)")
+    parser.add_argument("--keep", action="store_true", help="keep the data directory (logs, broker store) and say where")
     arguments = parser.parse_args()
+    logging.getLogger("stomp.py").setLevel(logging.CRITICAL)  # the publisher's refused connections while the broker is down
 
     data_dir = Path(tempfile.mkdtemp(prefix="mlex-faults-bench-"))
     outside = Path(tempfile.mkdtemp(prefix="mlex-faults-outside-"))
@@ -256,7 +266,7 @@ def main() -> None:
         for index in range(arguments.valid):
             key = f"soak-{index:04d}"
             write_scan(root / f"{key}.h5")
-            stream.append(Published(key, after_poison=bool(stream) and bool(stream[-1].poison)))
+            stream.append(Published(key))
             bodies.append(json.dumps({"filePath": str(root / f"{key}.h5"), "status": "COMPLETE"}))
             if index % 9 == 8:
                 kind, body = poison[(index // 9) % len(poison)]
@@ -269,8 +279,8 @@ def main() -> None:
 
         faults = Faults()
         schedule = {
-            round(0.20 * len(stream)): ("broker", lambda: process_of(stack, "activemq").kill()),
-            round(0.45 * len(stream)): ("ingester", lambda: process_of(stack, "mlex_tomo.cli", "ingester").kill()),
+            round(0.20 * len(stream)): ("broker", lambda: kill(process_of(stack, "activemq"), faults)),
+            round(0.45 * len(stream)): ("ingester", lambda: kill(process_of(stack, "mlex_tomo.cli", "ingester"), faults)),
             round(0.70 * len(stream)): ("tiled", lambda: pause(process_of(stack, "tiled_server"), faults)),
         }
         publisher = Publisher(settings)
@@ -278,10 +288,7 @@ def main() -> None:
         for position, (entry, body) in enumerate(zip(stream, bodies)):
             if position in schedule:
                 name, act = schedule[position]
-                began = time.monotonic()
                 act()
-                if name != "tiled":
-                    faults.windows.append((began, began + 30))  # restart and reconnection
                 print(f"fault: {name} at message {position}", flush=True)
             time.sleep(max(0.0, started + position / arguments.rate - time.monotonic()))
             send_began = time.monotonic()
@@ -309,15 +316,18 @@ def main() -> None:
         stop_polling.set()
         stack.send_signal(signal.SIGTERM)
         stack.wait(120)
-        shutil.rmtree(data_dir, ignore_errors=True)
         shutil.rmtree(outside, ignore_errors=True)
+        if arguments.keep:
+            print(f"data directory kept: {data_dir}")
+        else:
+            shutil.rmtree(data_dir, ignore_errors=True)
 
+    faults.close_windows(stream, seen)
     valid = [entry for entry in stream if entry.key]
     poisons = [entry for entry in stream if entry.poison]
     registered = [entry for entry in valid if entry.key in seen]
     latency = {entry.key: seen[entry.key] - entry.sent_at for entry in registered}
     quiet = [latency[entry.key] for entry in registered if not faults.during(entry.sent_at)]
-    behind_poison = [latency[entry.key] for entry in registered if entry.after_poison and not faults.during(entry.sent_at)]
     reasons = [frame.headers.get("mlex-reason", "") for frame in letters]
     print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
     print(f"published {len(stream)} messages in {publishing_seconds:.0f} s: {len(valid)} valid, {len(poisons)} poison "
@@ -327,18 +337,48 @@ def main() -> None:
     refused = sum(entry.refused_by_broker for entry in poisons)
     print(f"poison: {len(letters)} dead-lettered ({sum(1 for reason in reasons if reason)} with a reason), {len(parked)} parked, "
           f"{refused} refused by the broker itself, of {len(poisons)}")
+    during = [latency[entry.key] for entry in registered if faults.during(entry.sent_at)]
+    for began, ended in faults.windows:
+        print(f"fault window: {ended - began:.1f} s from the fault until a message sent after it was readable")
     if quiet:
-        print(f"valid messages outside fault windows: median {statistics.median(quiet):.2f} s to readable, max {max(quiet):.2f} s")
-    if behind_poison:
-        print(f"valid messages right behind a poison one: max {max(behind_poison):.2f} s to readable (n={len(behind_poison)})")
+        print(f"valid messages outside fault windows: median {statistics.median(quiet):.2f} s to readable, max {max(quiet):.2f} s (n={len(quiet)})")
+    if during:
+        print(f"valid messages sent during a fault: median {statistics.median(during):.2f} s to readable, max {max(during):.2f} s (n={len(during)})")
+    added = poison_delays(stream, latency, faults)
+    if added:
+        worst = max(delay for delays in added.values() for delay in delays)
+        print(f"delay a poison message added to the valid one behind it (its time to readable minus that of the valid one "
+              f"before the poison), outside fault windows: max {worst:.2f} s; by kind:")
+        for kind, delays in added.items():
+            print(f"  {kind}: max {max(delays):.2f} s (n={len(delays)})")
     print(f"bytes of the secret outside the roots served: {'SOME' if served_secret else 'none'}")
+
+
+def poison_delays(stream: list[Published], latency: dict[str, float], faults: Faults) -> dict[str, list[float]]:
+    """Per poison kind: how much longer the valid message behind each took than the valid one before it.
+
+    Paired neighbours, a fifth of a second apart, see the same backlog: what differs is the poison between them.
+    """
+    added: dict[str, list[float]] = {}
+    for before, poison, after in zip(stream, stream[1:], stream[2:]):
+        if poison.poison and before.key in latency and after.key in latency and not faults.during(before.sent_at) \
+                and not faults.during(after.sent_at):
+            added.setdefault(poison.poison, []).append(latency[after.key] - latency[before.key])
+    return added
+
+
+def kill(process: psutil.Process, faults: Faults) -> None:
+    """`kill -9`; `up` restarts the part."""
+    began = time.monotonic()
+    process.kill()
+    faults.happened.append((began, began))
 
 
 def pause(process: psutil.Process, faults: Faults) -> None:
     """SIGSTOP now, SIGCONT after TILED_PAUSE_SECONDS, on a timer so the stream goes on."""
     process.suspend()
     began = time.monotonic()
-    faults.windows.append((began, began + TILED_PAUSE_SECONDS + 30))
+    faults.happened.append((began, began + TILED_PAUSE_SECONDS))
     threading.Timer(TILED_PAUSE_SECONDS, process.resume).start()
 
 

@@ -52,7 +52,7 @@ def podman(monkeypatch):
         return name
 
     yield run_container
-    subprocess.run(["podman", "rm", "--force", *names], capture_output=True, timeout=120)
+    subprocess.run(["podman", "rm", "--force", "--ignore", *names], capture_output=True, timeout=120)
 
 
 def running_containers() -> list[str]:

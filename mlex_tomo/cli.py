@@ -68,7 +68,7 @@ def _build_parser() -> argparse.ArgumentParser:
 
     add_command("status", _status, "report each service's health; exit 1 if any is down")
     add_command("deploy", _deploy, "register the flows' deployments (and the work pool) on the Prefect server")
-    add_command("worker", _worker, "run a Prefect worker for the work pool with this stack's settings and secrets")
+    add_command("worker", _worker, "remove what a crashed worker left on this host, then run a Prefect worker for the work pool with this stack's settings and secrets")
     add_command("ingester", _ingester, "listen on the broker and register announced reconstructions in Tiled")
     add_command("ui", _ui, "serve the segmentation web app (port 8075 by default)")
 

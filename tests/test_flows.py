@@ -215,8 +215,10 @@ def test_a_worker_killed_mid_job_leaves_no_job_behind_and_comes_back(stack):
     job_name = "abandoned"
     slow = {"name": "TUNet", "depth": 2, "base_channels": 4, "num_epochs": 10_000, "early_stopping_patience": 10_000}
     flow_run = run(stack, request(stack, steps="train", job_name=job_name, launcher="podman", model=slow), timeout=0)
-    wait_for(lambda: job_processes(job_name), timeout=120, message="the job to start")
-    assert any(name.startswith(f"mlex-tomo-job-{job_name}-") for name in job_containers())
+    wait_for(  # the `podman run` client is listed first: it names the job's parameters file too
+        lambda: any(name.startswith(f"mlex-tomo-job-{job_name}-") for name in job_containers()), timeout=120,
+        message="the job's container",
+    )
     workers = stack_workers(stack)
     assert len(workers) == 1, workers
     workers[0].kill()

@@ -66,7 +66,7 @@ def test_a_job_container_whose_launcher_is_gone_is_removed_and_one_whose_launche
     owned = podman(process_identity())
     assert {orphan, owned} <= set(running_containers())
     removed = clean_up_leftovers(engines=("podman",), run_folders=tmp_path)
-    assert removed == [f"podman container {orphan}"]
+    assert f"podman container {orphan}" in removed and f"podman container {owned}" not in removed  # and any other orphan
     assert orphan not in running_containers() and owned in running_containers()
 
 

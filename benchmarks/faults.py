@@ -30,7 +30,6 @@ import signal
 import shutil
 import statistics
 import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -44,8 +43,8 @@ import numpy as np
 import psutil
 import stomp
 
-from benchmarks.ingest import free_ports
-from mlex_tomo.settings import StackSettings, load_settings
+from benchmarks.stack import start_stack
+from mlex_tomo.settings import StackSettings
 
 VOLUME = np.arange(8 * 16 * 16, dtype=np.uint16).reshape(8, 16, 16)
 SECRET = b"not-for-anyone-" * 256
@@ -236,28 +235,9 @@ def main() -> None:
 
     data_dir = Path(tempfile.mkdtemp(prefix="mlex-faults-bench-"))
     outside = Path(tempfile.mkdtemp(prefix="mlex-faults-outside-"))
-    tiled_port, prefect_port, stomp_port, openwire_port, ui_port = free_ports(5)
-    overrides = [
-        "--data-dir", str(data_dir), "--tiled.port", str(tiled_port), "--prefect.port", str(prefect_port),
-        "--broker.stomp_port", str(stomp_port), "--broker.openwire_port", str(openwire_port), "--ui.port", str(ui_port),
-        "--ingester.file_wait_seconds", str(FILE_WAIT_SECONDS),
-    ]
-    environment = {name: value for name, value in os.environ.items() if not name.startswith(("MLEX_TOMO_", "PREFECT_", "TILED_"))}
-    stack = subprocess.Popen(
-        [sys.executable, "-m", "mlex_tomo.cli", "up", *overrides],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
-    )
+    stack, settings = start_stack(data_dir, "--ingester.file_wait_seconds", str(FILE_WAIT_SECONDS))
     stop_polling = threading.Event()
     try:
-        for line in stack.stdout:
-            if line.startswith("mlex-tomo is up"):
-                break
-        else:
-            raise SystemExit("mlex-tomo up failed; see " + str(data_dir / "logs"))
-        threading.Thread(target=lambda: [None for _ in stack.stdout], daemon=True).start()  # keep its pipe flowing
-        settings = load_settings(overrides={
-            "data_dir": str(data_dir), "tiled": {"port": tiled_port}, "broker": {"stomp_port": stomp_port},
-        }, environ={})
         root = settings.recons_path / "faults"
         root.mkdir(parents=True)
         poison = poison_kinds(root, outside)

@@ -20,7 +20,6 @@ import shutil
 import signal
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -35,38 +34,17 @@ from prefect.utilities.callables import parameter_schema
 from tiled.client import from_uri
 
 from benchmarks.common import NUM_CLASSES, paint_scribbles
-from benchmarks.ingest import free_ports, percentile
+from benchmarks.ingest import percentile
+from benchmarks.stack import clean_environment, start_stack
 from flows.segmentation import segmentation
 from mlex_tomo.phantom import PhantomSpec, generate
-from mlex_tomo.settings import StackSettings, load_settings
+from mlex_tomo.settings import StackSettings
 from mlex_tomo.stack.services import prefect_worker_command, worker_environment
 
 BASELINE_POOL = "segmentation-default-polling"
 BASELINE_DEPLOYMENT = "segmentation-default-polling"
 LABELLED_SLICES = [8, 24]
 RUN_TIMEOUT_SECONDS = 300
-
-
-def start_stack(data_dir: Path, environment: dict[str, str]) -> tuple[subprocess.Popen, StackSettings]:
-    tiled_port, prefect_port, stomp_port, openwire_port = free_ports(4)
-    overrides = {
-        "data_dir": str(data_dir),
-        "tiled": {"port": tiled_port},
-        "prefect": {"port": prefect_port},
-        "broker": {"stomp_port": stomp_port, "openwire_port": openwire_port},
-    }
-    arguments = [
-        "--data-dir", str(data_dir), "--tiled.port", str(tiled_port), "--prefect.port", str(prefect_port),
-        "--broker.stomp_port", str(stomp_port), "--broker.openwire_port", str(openwire_port),
-    ]
-    stack = subprocess.Popen(
-        [sys.executable, "-m", "mlex_tomo.cli", "up", *arguments],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
-    )
-    for line in stack.stdout:
-        if line.startswith("mlex-tomo is up"):
-            return stack, load_settings(overrides=overrides, environ={})
-    raise SystemExit(f"mlex-tomo up failed; see {data_dir / 'logs'}")
 
 
 def write_sample(settings: StackSettings) -> dict[str, str]:
@@ -96,10 +74,10 @@ async def deploy_baseline() -> None:
         )
 
 
-def start_baseline_worker(settings: StackSettings, environment: dict[str, str]) -> subprocess.Popen:
+def start_baseline_worker(settings: StackSettings) -> subprocess.Popen:
     command = prefect_worker_command(settings)
     command = [*command[: command.index("--pool") + 1], BASELINE_POOL, "--type", "process"]
-    baseline_environment = {**environment, **worker_environment(settings)}
+    baseline_environment = {**clean_environment(), **worker_environment(settings)}
     baseline_environment.pop("PREFECT_WORKER_QUERY_SECONDS")
     return subprocess.Popen(command, env=baseline_environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
@@ -149,11 +127,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
     arguments = parser.parse_args()
-    environment = {name: value for name, value in os.environ.items() if not name.startswith(("MLEX_TOMO_", "PREFECT_", "TILED_"))}
     data_dir = Path(tempfile.mkdtemp(prefix="mlex-flows-bench-"))
     stack, baseline_worker = None, None
     try:
-        stack, settings = start_stack(data_dir, environment)
+        stack, settings = start_stack(data_dir)
         sample = write_sample(settings)
         with temporary_settings({PREFECT_API_URL: settings.prefect.resolved_api_url}):
             train = run_deployment(
@@ -167,7 +144,7 @@ def main() -> None:
             trained_job_id = f"model-{str(train.id)[:8]}-train"
             request = {"data_uri": sample["data_uri"], "device": "cpu", "steps": "infer", "trained_job_id": trained_job_id}
             asyncio.run(deploy_baseline())
-            baseline_worker = start_baseline_worker(settings, environment)
+            baseline_worker = start_baseline_worker(settings)
             ours = time_runs("segmentation/segmentation", request, arguments.runs, "fast")
             baseline = time_runs(f"segmentation/{BASELINE_DEPLOYMENT}", request, arguments.runs, "default")
         print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")

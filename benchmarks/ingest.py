@@ -20,7 +20,6 @@ import os
 import platform
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -34,20 +33,10 @@ import numpy as np
 import stamina
 from tiled.client import from_uri
 
+from benchmarks.stack import clean_environment, start_stack
 from mlex_tomo.announce import announce
-from mlex_tomo.settings import load_settings
 
 VOLUME = np.zeros((16, 64, 64), np.uint16)
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for probe in sockets:
-        probe.bind(("127.0.0.1", 0))
-    ports = [probe.getsockname()[1] for probe in sockets]
-    for probe in sockets:
-        probe.close()
-    return ports
 
 
 def write_scans(folder: Path, prefix: str, count: int) -> list[Path]:
@@ -100,24 +89,9 @@ def main() -> None:
     stamina.set_active(False)  # the client's own back-off would hide when a node became readable
 
     data_dir = Path(tempfile.mkdtemp(prefix="mlex-ingest-bench-"))
-    tiled_port, prefect_port, stomp_port, openwire_port = free_ports(4)
-    overrides = [
-        "--data-dir", str(data_dir), "--tiled.port", str(tiled_port), "--prefect.port", str(prefect_port),
-        "--broker.stomp_port", str(stomp_port), "--broker.openwire_port", str(openwire_port),
-    ]
-    environment = {name: value for name, value in os.environ.items() if not name.startswith(("MLEX_TOMO_", "PREFECT_", "TILED_"))}
-    stack = subprocess.Popen(
-        [sys.executable, "-m", "mlex_tomo.cli", "up", *overrides],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=environment,
-    )
+    stack, settings = start_stack(data_dir)
+    environment = clean_environment()
     try:
-        for line in stack.stdout:
-            if line.startswith("mlex-tomo is up"):
-                break
-        else:
-            raise SystemExit("mlex-tomo up failed; see " + str(data_dir / "logs"))
-        settings = load_settings(overrides={"data_dir": str(data_dir), "tiled": {"port": tiled_port},
-                                            "broker": {"stomp_port": stomp_port}}, environ={})
         api_key = settings.tiled.api_key.get_secret_value()
         recons = from_uri(settings.tiled.base_url)["recons"]
         root = settings.recons_path

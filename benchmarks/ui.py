@@ -67,7 +67,8 @@ from numpy.typing import NDArray
 from playwright.sync_api import Browser, Page, sync_playwright
 
 from benchmarks.common import machine
-from benchmarks.ingest import free_ports, percentile
+from benchmarks.ingest import percentile
+from benchmarks.stack import free_ports
 from dash_app.imaging import downsample, encode, to_display
 from flows.deploy import register_deployments
 from mlex_tomo.phantom import (

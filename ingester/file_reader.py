@@ -45,14 +45,12 @@ class FileReader:
 
     def describe(self, path: str, roots: list[Path], hdf5_dataset: str | None) -> ScanDescription:
         with self._lock:
-            if self._process is not None and self._process.poll() is not None:  # gone while idle (the OOM killer, say)
-                self.close()
             started_now = self._process is None
             if started_now:
                 self._start()
             try:
                 self._requests.send((path, roots, hdf5_dataset))
-            except BrokenPipeError:  # it died since the check above
+            except BrokenPipeError:  # gone since the last file (the OOM killer, say)
                 self.close()
                 self._start()
                 started_now = True

@@ -81,27 +81,57 @@ def locate_dataset(file_path: Path, dataset_path: str, roots: list[Path], visite
 
 
 def check_storage(file_path: Path, dataset_path: str, roots: list[Path], visited: int = 0) -> int:
-    """Refuse a dataset whose bytes are stored outside the roots; how many files were checked in all.
+    """Refuse a dataset, or a group (a whole file registered as a container), whose bytes are stored outside the roots.
 
-    `dataset_path` must lead to the dataset without external links (see `locate_dataset`);
+    Returns how many files were checked in all. `dataset_path` must lead to the object
+    without external links (see `locate_dataset`); in a group, every dataset beneath it
+    is checked, and every external link or soft link out of it is followed as a source.
     `visited` counts the files checked before this one, against MAX_FILES.
     """
     if visited >= MAX_FILES:
         raise OutsideRoots(f"{file_path}:{dataset_path} reads from more than {MAX_FILES} files")
     file_path = within_roots(file_path, roots)
+    sources: list[tuple[Path, str]] = []  # (file, path in it) read from: virtual sources, links out of a group
     with h5py.File(file_path, "r") as file:
-        dataset = file[dataset_path]
-        if not isinstance(dataset, h5py.Dataset):
-            raise OutsideRoots(f"{file_path}:{dataset_path} is not a dataset")
-        _check_external_storage(dataset, file_path, roots)
-        sources = dataset.virtual_sources() if dataset.is_virtual else []
+        node = file[dataset_path]
+        datasets = [node] if isinstance(node, h5py.Dataset) else []
+        if isinstance(node, h5py.Group):
+            datasets, sources = _group_contents(node, file_path)
+        for dataset in datasets:
+            _check_external_storage(dataset, file_path, roots)
+            for source in dataset.virtual_sources() if dataset.is_virtual else []:
+                name = Path(source.file_name)
+                source_file = file_path if source.file_name == "." else (name if name.is_absolute() else file_path.parent / name)
+                sources.append((source_file, source.dset_name))
     visited += 1
-    for source in sources:
-        name = Path(source.file_name)
-        source_file = file_path if source.file_name == "." else (name if name.is_absolute() else file_path.parent / name)
-        located_file, located_path = locate_dataset(source_file, source.dset_name, roots, visited)
+    for source_file, source_path in sources:
+        try:
+            located_file, located_path = locate_dataset(source_file, source_path, roots, visited)
+        except KeyError:  # a dangling link reads nothing; a missing virtual source reads the fill value
+            continue
         visited = check_storage(located_file, located_path, roots, visited)
     return visited
+
+
+def _group_contents(group: h5py.Group, file_path: Path) -> tuple[list[h5py.Dataset], list[tuple[Path, str]]]:
+    """The datasets beneath a group, and the (file, path) its external links and outward soft links lead to."""
+    datasets: list[h5py.Dataset] = []
+    leads: list[tuple[Path, str]] = []
+
+    def visit(name: str, link: h5py.HardLink | h5py.SoftLink | h5py.ExternalLink) -> None:
+        path = posixpath.join(group.name, name)
+        if isinstance(link, h5py.ExternalLink):
+            target = Path(link.filename)
+            leads.append((target if target.is_absolute() else file_path.parent / target, link.path))
+        elif isinstance(link, h5py.SoftLink):
+            target = _normalised(link.path if link.path.startswith("/") else posixpath.join(posixpath.dirname(path), link.path))
+            if not (target + "/").startswith(group.name.rstrip("/") + "/"):  # beneath it, it is visited anyway
+                leads.append((file_path, target))
+        elif isinstance(group.get(name), h5py.Dataset):
+            datasets.append(group[name])
+
+    group.visititems_links(visit)
+    return datasets, leads
 
 
 def check_registered_dataset(file_path: Path, dataset_path: str, roots: list[Path]) -> None:

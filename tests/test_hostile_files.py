@@ -96,6 +96,23 @@ def test_external_links_are_followed_only_within_the_roots(folders):
         check_registered_dataset(root / "savu.h5", "entry/final_result_tomo/data", [root])
 
 
+def test_a_whole_file_registered_as_a_container_is_checked_member_by_member(folders):
+    """As `tiled register` registers a file: the group "/", whose every dataset and link Tiled may serve."""
+    root, outside = folders
+    with h5py.File(root / "whole.h5", "w") as file:
+        file["entry/volume"] = np.zeros(SHAPE, np.uint8)
+        file["entry/again"] = h5py.SoftLink("/entry/volume")
+    check_registered_dataset(root / "whole.h5", "/", [root])
+    with h5py.File(root / "whole.h5", "a") as file:
+        file.create_dataset("entry/stolen", SHAPE, np.uint8, external=[(str(outside / "secret"), 0, len(SECRET))])
+    with pytest.raises(OutsideRoots, match="stores its data in an external file"):
+        check_registered_dataset(root / "whole.h5", "/", [root])
+    with h5py.File(root / "linking.h5", "w") as file:
+        file["entry/elsewhere"] = h5py.ExternalLink(str(outside / "volume.h5"), "/data")
+    with pytest.raises(OutsideRoots, match="volume.h5 is outside the data roots"):
+        check_registered_dataset(root / "linking.h5", "/", [root])
+
+
 def test_symlinks_and_fifos_are_refused_before_anything_is_opened(folders):
     root, outside = folders
     (root / "linked.h5").symlink_to(outside / "volume.h5")

@@ -30,7 +30,15 @@ EXIT_USAGE = 2
 
 def main(argv: list[str] | None = None) -> int:
     parser = _build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    argv, then = _split_at_double_dash(argv)
     arguments, extra = parser.parse_known_args(argv)
+    if arguments.command is _wait_for:
+        if not then:
+            parser.error("wait-for: give the command to run after --, e.g. mlex-tomo wait-for tiled:8000 -- mlex-tomo ui")
+        arguments.then = then
+    elif then:
+        parser.error("only wait-for takes a command after --")
     try:
         overrides = parse_dotted_overrides(extra)
         if arguments.data_dir is not None:
@@ -112,10 +120,25 @@ def _build_parser() -> argparse.ArgumentParser:
     check.add_argument("--min-iou", type=float, default=0.8, help="lowest acceptable mean IoU (default 0.8)")
     check.add_argument("--keep", action=argparse.BooleanOptionalAction, default=False, help="keep what the check created (default: remove it)")
 
+    wait = add_command(
+        "wait-for", _wait_for,
+        "wait until each target answers (host:port, a stomp:// or postgresql:// URL, or an http:// URL that must return 200), "
+        "then replace this process with the command after --",
+    )
+    wait.add_argument("targets", nargs="+", metavar="TARGET")
+    wait.add_argument("--timeout", type=float, default=300.0, help="seconds to wait before giving up with exit 1 (default 300)")
+
     generate = add_command("generate-config", _generate_config, "write the resolved settings (without secrets) to a YAML file")
     generate.add_argument("--path", type=Path, required=True, help="file to write")
     generate.add_argument("--force", action="store_true", help="overwrite without asking")
     return parser
+
+
+def _split_at_double_dash(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" not in argv:
+        return argv, []
+    index = argv.index("--")
+    return argv[:index], argv[index + 1 :]
 
 
 def _add_loop_arguments(command: argparse.ArgumentParser, default_scan: str) -> None:
@@ -238,6 +261,23 @@ def _worker(settings: StackSettings, arguments: argparse.Namespace) -> int:
         print(f"removed what a crashed worker left: {removed}", flush=True)
     command = prefect_worker_command(settings)
     os.execve(command[0], command, {**os.environ, **worker_environment(settings)})
+
+
+def _wait_for(settings: StackSettings, arguments: argparse.Namespace) -> int:
+    """Replaces this process with the command once its services answer, so that signals reach it directly."""
+    from mlex_tomo.stack.waiting import Target, WaitTimedOut, wait_for
+
+    try:
+        targets = [Target.parse(text) for text in arguments.targets]
+        wait_for(targets, arguments.timeout, report=lambda line: print(f"mlex-tomo wait-for: {line}", flush=True))
+    except (ValueError, WaitTimedOut) as error:
+        print(f"mlex-tomo wait-for: {error}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        os.execvp(arguments.then[0], arguments.then)
+    except OSError as error:
+        print(f"mlex-tomo wait-for: cannot run {arguments.then[0]!r}: {error.strerror}", file=sys.stderr)
+        return EXIT_FAILURE
 
 
 def _ui(settings: StackSettings, arguments: argparse.Namespace) -> int:

@@ -16,6 +16,8 @@ from typing import Literal
 from flows.leftovers import LAUNCHED_BY_LABEL
 
 LauncherName = Literal["process", "podman", "docker"]
+GpuRequest = Literal["auto", "gpus", "cdi"]
+CDI_ALL_GPUS = "nvidia.com/gpu=all"
 CONTAINER_PARAMETERS_PATH = "/job/params.yaml"
 CONTAINER_NAME_PREFIX = "mlex-tomo-job-"
 GPU_DEVICE = Path("/dev/nvidia0")
@@ -66,6 +68,7 @@ class ContainerLauncher:
     rootfs_python: Path | None = None
     stop_grace_seconds: float = 3.0
     launched_by: str | None = None  # flows.leftovers.process_identity() of the process that runs the engine
+    gpu_request: GpuRequest = "auto"
 
     def __post_init__(self) -> None:
         if self.rootfs is not None and self.engine != "podman":
@@ -92,7 +95,7 @@ class ContainerLauncher:
             "--volume", f"{_volume_path(models_dir)}:{_volume_path(models_dir)}",
         ]
         if resources.gpus:
-            command += ["--device", "nvidia.com/gpu=all"] if self.engine == "podman" else ["--gpus", "all"]
+            command += self.gpu_options()
         if resources.cpus is not None:
             command += ["--cpus", f"{resources.cpus:g}"]
         if resources.memory_gib is not None:
@@ -109,6 +112,13 @@ class ContainerLauncher:
             stop_command=[self.engine, "stop", "--time", str(max(1, round(self.stop_grace_seconds))), name],
             remove_command=[self.engine, "rm", "--force", name],
         )
+
+    def gpu_options(self) -> list[str]:
+        """CDI for podman, also through its Docker API (the compose worker's); `--gpus` for Docker's NVIDIA runtime."""
+        request = self.gpu_request
+        if request == "auto":
+            request = "cdi" if self.engine == "podman" else "gpus"
+        return ["--device", CDI_ALL_GPUS] if request == "cdi" else ["--gpus", "all"]
 
 
 Launcher = ProcessLauncher | ContainerLauncher

@@ -184,6 +184,7 @@ def launcher_for(request: SegmentationRequest, settings: StackSettings) -> Launc
         rootfs_python=jobs.python,
         stop_grace_seconds=jobs.stop_grace_seconds,
         launched_by=process_identity(),
+        gpu_request=jobs.gpu_request,
     )
 
 

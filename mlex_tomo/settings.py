@@ -289,6 +289,11 @@ class JobSettings(Section):
         default="auto",
         description="Give containers the node's GPUs: auto = when /dev/nvidia0 exists.",
     )
+    gpu_request: Literal["auto", "gpus", "cdi"] = Field(
+        default="auto",
+        description="How containers ask for the GPUs: `cdi` (`--device nvidia.com/gpu=all`: podman, also through its "
+        "Docker API, or Docker with CDI on), `gpus` (`--gpus all`: Docker's NVIDIA runtime); auto = cdi for podman, gpus for docker.",
+    )
     cpus: float | None = Field(default=None, gt=0, description="Default CPU limit of a job container.")
     memory_gib: float | None = Field(default=None, gt=0, description="Default memory limit of a job container.")
     models_dir: AbsolutePath | None = Field(

@@ -64,6 +64,15 @@ def test_docker_uses_gpus_all_and_no_gpu_flag_without_gpus(tmp_path):
         ContainerLauncher("docker", "segmentation:latest", rootfs=Path("/"))
 
 
+def test_docker_through_podmans_socket_asks_for_the_gpus_by_cdi(tmp_path):
+    """The compose worker runs `docker` against podman's Docker API, which knows CDI devices, not --gpus."""
+    launcher = ContainerLauncher("docker", "segmentation:latest", gpu_request="cdi")
+    command = launcher.launch("job-5", tmp_path / "p.yaml", tmp_path, JobResources(gpus=True), {}).command
+    assert command[command.index("--device") + 1] == "nvidia.com/gpu=all" and "--gpus" not in command
+    podman = ContainerLauncher("podman", "segmentation:latest", gpu_request="gpus")
+    assert podman.launch("job-5", tmp_path / "p.yaml", tmp_path, JobResources(gpus=True), {}).command.count("--gpus") == 1
+
+
 @pytest.mark.parametrize("job_id", ["a;rm -rf /", "$(touch x)", "../up", "name with space", "'quoted'", "-flag"])
 def test_hostile_job_ids_are_refused(tmp_path, job_id):
     for launcher in (ProcessLauncher(Path(sys.executable)), ContainerLauncher("podman", "image")):

@@ -127,7 +127,7 @@ def test_the_worker_launches_jobs_on_the_compose_network_with_gpus_only_in_the_g
     assert devices == [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
 
 
-def test_published_ports_are_the_settings_defaults():
+def test_published_ports_are_the_settings_defaults_and_movable_from_the_env():
     defaults = StackSettings()
     expected = {
         "tiled": {defaults.tiled.port},
@@ -139,18 +139,43 @@ def test_published_ports_are_the_settings_defaults():
     for name, service in full_config()["services"].items():
         for mapping in service.get("ports", []):
             host, _, container = str(mapping).partition(":")
-            assert host == container, f"{name} publishes {mapping}: keep the documented port inside and out"
+            assert host == container, f"{name} publishes {mapping}: keep the documented port inside and out by default"
             published.setdefault(name, set()).add(int(host))
     assert published == expected
+    for name, service in raw_compose()["services"].items():
+        for mapping in service.get("ports", []):
+            host, _, container = str(mapping).rpartition(":")
+            assert re.fullmatch(r"\$\{[A-Z_]+_HOST_PORT:-" + container + r"\}", host), f"{name}: {mapping}: let .env move the host port"
     commands = {name: full_config()["services"][name]["command"] for name in ("tiled", "prefect-server")}
     assert commands["tiled"][commands["tiled"].index("--port") + 1] == str(defaults.tiled.port)
     assert commands["prefect-server"][commands["prefect-server"].index("--port") + 1] == str(defaults.prefect.port)
+    assert f"--bind=0.0.0.0:{defaults.ui.port}" in full_config()["services"]["ui"]["command"]
 
 
-def test_the_ui_serves_the_network_and_logs_in():
-    environment = full_config()["services"]["ui"]["environment"]
-    settings = load_settings(environ={key: str(value) for key, value in environment.items() if key.startswith(ENV_PREFIX)})
+def test_the_ui_serves_the_network_under_a_production_wsgi_server_and_logs_in():
+    service = full_config()["services"]["ui"]
+    settings = load_settings(environ={key: str(value) for key, value in service["environment"].items() if key.startswith(ENV_PREFIX)})
     assert settings.ui.host == "0.0.0.0" and settings.ui.login_required
+    command = service["command"][service["command"].index("--") + 1 :]
+    assert command[0] == "gunicorn" and "--workers=1" in command, "one process: the slice cache and job list live in it"
+    module, _, attribute = command[-1].partition(":")
+    source = (REPOSITORY / Path(*module.split("."))).with_suffix(".py").read_text()
+    assert any(isinstance(node, ast.Assign) and any(getattr(target, "id", None) == attribute for target in node.targets) for node in ast.parse(source).body)
+
+
+def test_the_worker_can_run_check_and_demo_against_the_stack():
+    """`compose exec worker mlex-tomo check` needs the broker login, the web app's address and its login."""
+    for name in ("worker", "worker-gpu"):
+        environment = {key: str(value) for key, value in full_config()["services"][name]["environment"].items()}
+        settings = load_settings(environ=environment)
+        assert settings.broker.url == "stomp://broker:61613" and settings.broker.password is not None, name
+        assert settings.ui.url == f"http://ui:{StackSettings().ui.port}" and settings.ui.login_required, name
+
+
+def test_prefect_survives_a_slow_database():
+    environment = full_config()["services"]["prefect-server"]["environment"]
+    assert float(environment["PREFECT_API_DATABASE_TIMEOUT"]) >= 30
+    assert float(environment["PREFECT_API_DATABASE_CONNECTION_TIMEOUT"]) >= 15
 
 
 def test_every_compose_variable_is_in_the_example_env_exactly_once_and_vice_versa():
@@ -180,22 +205,37 @@ def test_the_tiled_service_sets_every_variable_its_config_expands():
     assert environment["MLEX_TILED_CATALOG_URI"].startswith("postgresql+asyncpg://")
 
 
-def test_start_up_order_is_by_health_not_by_restarts():
+def wait_targets(service: dict) -> list[str]:
+    command = service.get("command") or []
+    if command[:2] != ["mlex-tomo", "wait-for"]:
+        return []
+    return [word for word in command[2 : command.index("--")] if not word.startswith("--")]
+
+
+def test_each_service_waits_for_the_servers_it_needs_itself():
+    """podman 4.3's podman-compose ignores depends_on conditions, so no service relies on them."""
+    from mlex_tomo.stack.waiting import Target
+
     services = full_config()["services"]
     for name, service in services.items():
-        assert "restart" not in service, f"{name}: order start-up with health checks, not restarts"
-        for dependency, rule in service.get("depends_on", {}).items():
-            condition, depended_on = rule["condition"], services[dependency]
-            if condition == "service_completed_successfully":
-                one_shot = "healthcheck" not in depended_on and "ports" not in depended_on
-                assert one_shot, f"{name} waits for {dependency} to exit, but it is a server"
-            else:
-                assert condition == "service_healthy", f"{name} -> {dependency}: {condition}"
-                assert "healthcheck" in depended_on, f"{dependency} has no health check"
+        assert "restart" not in service, f"{name}: a restart policy hides a failed start"
+        assert not service.get("depends_on"), f"{name}: wait in the command (mlex-tomo wait-for), not with depends_on"
+    for name, service in app_services(full_config()).items():
+        waited = {Target.parse(target).host for target in wait_targets(service)}
+        needed = set()
+        for variable, value in service.get("environment", {}).items():
+            if variable == "MLEX_TOMO_BROKER__URL" and name != "ingester":
+                continue  # the web app reports the broker's state; the worker's `check` announces on it
+            match = re.search(r"://(?:[^@/]*@)?([A-Za-z0-9.-]+):\d+", str(value))
+            if match and variable not in {"MLEX_TOMO_PREFECT__PUBLIC_UI_URL"}:
+                needed.add(match.group(1))
+        assert needed, f"{name} talks to no server?"
+        assert needed <= waited, f"{name} does not wait for {needed - waited}"
+        assert not any("@" in target for target in wait_targets(service)), f"{name}: a password in a command line"
 
 
 def test_python_snippets_in_the_compose_file_import_what_exists():
-    """tiled-init and the health checks run Python from the compose file: keep it in step with the code."""
+    """The health checks run Python from the compose file: keep it in step with the code."""
     snippets = []
     for service in full_config()["services"].values():
         for command in (service.get("command"), service.get("healthcheck", {}).get("test")):
@@ -210,14 +250,33 @@ def test_python_snippets_in_the_compose_file_import_what_exists():
                 assert not missing, f"{node.module} has no {missing}"
 
 
+def build_arguments() -> dict[str, str]:
+    """The app image's build args; podman-compose prints them as NAME=value lines."""
+    arguments = full_config()["services"]["tiled"]["build"]["args"]
+    return arguments if isinstance(arguments, dict) else dict(line.split("=", 1) for line in arguments)
+
+
+def test_the_app_image_is_built_once_and_every_image_can_be_chosen_in_the_env():
+    raw = raw_compose()["services"]
+    built = [name for name, service in raw.items() if "build" in service]
+    assert built == ["tiled"], f"one service builds the app image, the others run it by name: {built}"
+    for name, service in raw.items():
+        assert re.fullmatch(r"\$\{[A-Z_]+:-[^}]+\}", service["image"]), f"{name}: image {service['image']} is not a ${{VAR:-default}}"
+    build = full_config()["services"]["tiled"]["build"]
+    assert {"PYTHON_IMAGE", "DOCKER_CLI_IMAGE", "PIP_INDEX_URL"} <= set(build_arguments()) and build["secrets"] == ["pip-ca"]
+
+
 def test_images_are_pinned():
     for name, service in full_config()["services"].items():
         image = service["image"]
-        if "build" in service:
-            assert image == APP_IMAGE, name
-            continue
+        if image == APP_IMAGE:
+            continue  # built here
         tag = image.rpartition(":")[2]
         assert re.search(r"\d", tag) and tag != "latest", f"{name}: pin {image} to a version"
+    for argument, image in build_arguments().items():
+        if argument.endswith("_IMAGE"):
+            tag = image.rpartition(":")[2]
+            assert re.search(r"\d", tag) and tag != "latest", f"{argument}: pin {image} to a version"
 
 
 # --- Containerfiles --------------------------------------------------------------------
@@ -298,6 +357,19 @@ def test_containerfile_parses_and_starts_from_a_base_image(name):
     assert not unknown, f"{name}: unknown instructions {unknown}"
     first = next(i for i in instructions if i.keyword != "ARG")
     assert first.keyword == "FROM", f"{name}: the first instruction after ARGs is {first.keyword}"
+
+
+@pytest.mark.parametrize("name", CONTAINERFILES)
+def test_pip_takes_the_index_and_the_ca_bundle_from_the_build(name):
+    """Behind a TLS-intercepting proxy: a build secret both docker (BuildKit) and podman accept, kept out of the image."""
+    instructions = parse_containerfile(REPOSITORY / name)
+    installs = [i for i in instructions if i.keyword == "RUN" and "pip install" in i.arguments]
+    assert installs
+    for install in installs:
+        assert install.arguments.startswith("--mount=type=secret,id=pip-ca "), f"{name} line {install.line}"
+        assert "PIP_CERT=/run/secrets/pip-ca" in install.arguments
+    stage_arguments = [set(variables_of(i)) for stage in stages(instructions) for i in stage if i.keyword == "ARG"]
+    assert any("PIP_INDEX_URL" in names for names in stage_arguments), f"{name}: PIP_INDEX_URL is not an ARG of the build stage"
 
 
 @pytest.mark.parametrize("name", CONTAINERFILES)

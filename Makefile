@@ -10,7 +10,7 @@ TEST_APT_PACKAGES := podman runc chromium
 # uv does not read pip's config: hand it pip's local wheel folder (e.g. a CPU-only torch).
 export UV_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 
-.PHONY: run test test-quick setup system-deps test-system-deps clean-state
+.PHONY: run test test-quick test-compose setup system-deps test-system-deps compose-system-deps clean-state
 
 run: setup
 	$(BIN)/mlex-tomo up
@@ -20,6 +20,11 @@ test: setup test-system-deps
 
 test-quick: setup
 	$(BIN)/python -m pytest -m "not stack"
+
+# The compose install end to end (many minutes cold): builds the images, base images
+# too where no registry answers, runs `podman-compose up -d` and `mlex-tomo check`.
+test-compose: setup test-system-deps compose-system-deps
+	$(BIN)/python -m tests.compose.end_to_end
 
 setup: system-deps $(BIN)/.installed
 
@@ -37,6 +42,14 @@ test-system-deps:
 	  echo "installing $(TEST_APT_PACKAGES) with apt-get"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_APT_PACKAGES); \
+	fi
+
+# Building base images from Debian's archive needs debootstrap; podman's networks need iptables.
+compose-system-deps:
+	@if ! command -v debootstrap >/dev/null || ! command -v iptables >/dev/null; then \
+	  echo "installing debootstrap iptables with apt-get"; \
+	  $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq debootstrap iptables; \
 	fi
 
 $(BIN)/.installed: pyproject.toml

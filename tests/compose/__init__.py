@@ -1,0 +1,1 @@
+"""Helpers for running the compose install where no container registry can be reached."""

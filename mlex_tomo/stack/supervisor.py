@@ -134,7 +134,7 @@ class Stack:
         from flows.deploy import register_deployments
         from mlex_tomo.tiled_layout import connect, ensure_containers
 
-        if self.settings.tiled.api_key is not None:
+        if self.settings.tiled.api_key is not None:  # the embedded Tiled made them; a facility's (tiled.url) may lack them
             created = ensure_containers(connect(self.settings, writable=True))
             if created:
                 self._say(f"created Tiled containers: {', '.join('/' + name for name in created)}")

@@ -43,7 +43,7 @@ import numpy as np
 import psutil
 import stomp
 
-from benchmarks.stack import start_stack
+from benchmarks.harness import start_stack
 from mlex_tomo.settings import StackSettings
 
 VOLUME = np.arange(8 * 16 * 16, dtype=np.uint16).reshape(8, 16, 16)
@@ -260,7 +260,7 @@ def main() -> None:
         faults = Faults()
         schedule = {
             round(0.20 * len(stream)): ("broker", lambda: kill(process_of(stack, "activemq"), faults)),
-            round(0.45 * len(stream)): ("ingester", lambda: kill(process_of(stack, "mlex_tomo.cli", "ingester"), faults)),
+            round(0.45 * len(stream)): ("ingester", lambda: kill(process_of(stack, "stack.cli", "ingester"), faults)),
             round(0.70 * len(stream)): ("tiled", lambda: pause(process_of(stack, "tiled_server"), faults)),
         }
         publisher = Publisher(settings)

@@ -35,11 +35,11 @@ from tiled.client import from_uri
 
 from benchmarks.common import NUM_CLASSES, paint_scribbles
 from benchmarks.ingest import percentile
-from benchmarks.stack import clean_environment, start_stack
+from benchmarks.harness import clean_environment, start_stack
 from flows.segmentation import segmentation
 from mlex_tomo.phantom import PhantomSpec, generate
 from mlex_tomo.settings import StackSettings
-from mlex_tomo.stack.services import prefect_worker_command, worker_environment
+from stack.services import prefect_worker_command, worker_environment
 
 BASELINE_POOL = "segmentation-default-polling"
 BASELINE_DEPLOYMENT = "segmentation-default-polling"

@@ -33,7 +33,7 @@ import numpy as np
 import stamina
 from tiled.client import from_uri
 
-from benchmarks.stack import clean_environment, start_stack
+from benchmarks.harness import clean_environment, start_stack
 from mlex_tomo.announce import announce
 
 VOLUME = np.zeros((16, 64, 64), np.uint16)

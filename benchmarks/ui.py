@@ -68,7 +68,7 @@ from playwright.sync_api import Browser, Page, sync_playwright
 
 from benchmarks.common import machine
 from benchmarks.ingest import percentile
-from benchmarks.stack import free_ports
+from benchmarks.harness import free_ports
 from dash_app.imaging import downsample, encode, to_display
 from flows.deploy import register_deployments
 from mlex_tomo.phantom import (
@@ -80,8 +80,8 @@ from mlex_tomo.phantom import (
     to_dtype,
 )
 from mlex_tomo.settings import StackSettings, load_settings, secrets_as_environment
-from mlex_tomo.stack.processes import ManagedProcess
-from mlex_tomo.stack.services import (
+from stack.processes import ManagedProcess
+from stack.services import (
     Service,
     child_settings_path,
     prefect_server_service,
@@ -303,7 +303,7 @@ def write_and_register(settings: StackSettings, shape: tuple[int, int, int]) -> 
     write_hdf5(path, ReconstructionLike(shape))
     written = time.perf_counter() - started
     ingested = subprocess.run(
-        [sys.executable, "-m", "mlex_tomo.cli", "ingest", str(path), "--config", str(child_settings_path(settings))],
+        [sys.executable, "-m", "stack.cli", "ingest", str(path), "--config", str(child_settings_path(settings))],
         env={**os.environ, **secrets_as_environment(settings)}, capture_output=True, text=True, check=False,
     )
     if ingested.returncode != 0:

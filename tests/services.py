@@ -24,9 +24,9 @@ import pytest
 import stomp
 
 from mlex_tomo.settings import StackSettings, load_settings, parse_dotted_overrides, secrets_as_environment
-from mlex_tomo.stack.health import ingester_health
-from mlex_tomo.stack.processes import ManagedProcess
-from mlex_tomo.stack.services import (
+from mlex_tomo.health import ingester_health
+from stack.processes import ManagedProcess
+from stack.services import (
     Service,
     broker_service,
     child_settings_path,
@@ -97,13 +97,13 @@ class RunningStack:
 
     def cli(self, *command: str, timeout: float = 60) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "mlex_tomo.cli", *command, *self.arguments],
+            [sys.executable, "-m", "stack.cli", *command, *self.arguments],
             env=clean_environment(), capture_output=True, text=True, timeout=timeout, cwd=self.checkout,
         )
 
     def start(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "mlex_tomo.cli", "up", *self.arguments],
+            [sys.executable, "-m", "stack.cli", "up", *self.arguments],
             env=clean_environment(), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=self.checkout,
         )
         ready = threading.Event()
@@ -208,7 +208,7 @@ class Services:
         if name == "ingester":
             return Service(
                 name="ingester",
-                command=[sys.executable, "-m", "mlex_tomo.cli", "ingester", "--config", str(child_settings_path(self.settings))],
+                command=[sys.executable, "-m", "stack.cli", "ingester", "--config", str(child_settings_path(self.settings))],
                 probe=ingester_health,
                 env={**clean_environment(), **secrets_as_environment(self.settings)},
             )
@@ -223,7 +223,7 @@ class Services:
 
     def cli(self, *arguments: str) -> subprocess.CompletedProcess:
         return subprocess.run(
-            [sys.executable, "-m", "mlex_tomo.cli", *arguments, "--config", str(child_settings_path(self.settings))],
+            [sys.executable, "-m", "stack.cli", *arguments, "--config", str(child_settings_path(self.settings))],
             env={**clean_environment(), **secrets_as_environment(self.settings)},
             capture_output=True, text=True, timeout=120,
         )

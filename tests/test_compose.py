@@ -214,7 +214,7 @@ def wait_targets(service: dict) -> list[str]:
 
 def test_each_service_waits_for_the_servers_it_needs_itself():
     """podman 4.3's podman-compose ignores depends_on conditions, so no service relies on them."""
-    from mlex_tomo.stack.waiting import Target
+    from stack.waiting import Target
 
     services = full_config()["services"]
     for name, service in services.items():

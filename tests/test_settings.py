@@ -7,7 +7,7 @@ import pytest
 import yaml
 from pydantic import BaseModel
 
-from mlex_tomo.cli import main
+from stack.cli import main
 from mlex_tomo.config_reference import render
 from mlex_tomo.settings import (
     SettingsError,

@@ -25,8 +25,8 @@ from tiled.client import from_uri
 
 from ingester.existing import register_existing
 from mlex_tomo.settings import CONFIG_FILE_VARIABLE, load_settings
-from mlex_tomo.stack.services import child_settings_path, embedded_services
-from mlex_tomo.stack.supervisor import Stack
+from stack.services import child_settings_path, embedded_services
+from stack.supervisor import Stack
 from tests.services import RunningStack, wait_for
 
 pytestmark = pytest.mark.stack

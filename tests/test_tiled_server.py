@@ -1,4 +1,4 @@
-"""mlex_tomo.stack.tiled_server: what the Tiled service does before it answers, and what it never logs."""
+"""stack.tiled_server: what the Tiled service does before it answers, and what it never logs."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import asyncio
 import logging
 import logging.config
 
-from mlex_tomo.stack.tiled_server import create_top_level_containers, logging_config
+from stack.tiled_server import create_top_level_containers, logging_config
 from mlex_tomo.tiled_layout import TOP_LEVEL_CONTAINERS
 
 PASSWORD = "pa55w0rd42"

@@ -24,8 +24,8 @@ from mlex_tomo.settings import load_settings
 from mlex_tomo.tiled_layout import connect_http
 from segmentation.tiled_io import ResultWriter
 from mlex_tomo.settings import secrets_as_environment
-from mlex_tomo.stack.health import ui_health
-from mlex_tomo.stack.services import ui_service
+from mlex_tomo.health import ui_health
+from stack.services import ui_service
 from tests.services import Services, wait_for
 
 VOLUME = (np.arange(6 * 40 * 50, dtype=np.float32).reshape(6, 40, 50) % 997) / 997

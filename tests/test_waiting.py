@@ -11,7 +11,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from mlex_tomo.stack.waiting import Target, WaitTimedOut, wait_for
+from stack.waiting import Target, WaitTimedOut, wait_for
 
 PASSWORD = "s3cretpassw0rd"
 
@@ -99,7 +99,7 @@ def test_the_command_replaces_the_waiting_process_once_its_servers_answer():
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         completed = subprocess.run(
-            [sys.executable, "-m", "mlex_tomo.cli", "wait-for", f"http://127.0.0.1:{server.server_address[1]}/healthz", "--timeout", "10",
+            [sys.executable, "-m", "stack.cli", "wait-for", f"http://127.0.0.1:{server.server_address[1]}/healthz", "--timeout", "10",
              "--", sys.executable, "-c", "import os; print('ran as', os.getpid())"],
             capture_output=True, text=True, timeout=60, check=False,
         )
@@ -110,7 +110,7 @@ def test_the_command_replaces_the_waiting_process_once_its_servers_answer():
 
 
 def test_without_a_command_or_with_one_elsewhere_the_cli_says_how_to_use_it():
-    without = subprocess.run([sys.executable, "-m", "mlex_tomo.cli", "wait-for", "tiled:8000"], capture_output=True, text=True, timeout=60, check=False)
+    without = subprocess.run([sys.executable, "-m", "stack.cli", "wait-for", "tiled:8000"], capture_output=True, text=True, timeout=60, check=False)
     assert without.returncode == 2 and "give the command to run after --" in without.stderr
-    elsewhere = subprocess.run([sys.executable, "-m", "mlex_tomo.cli", "status", "--", "true"], capture_output=True, text=True, timeout=60, check=False)
+    elsewhere = subprocess.run([sys.executable, "-m", "stack.cli", "status", "--", "true"], capture_output=True, text=True, timeout=60, check=False)
     assert elsewhere.returncode == 2 and "only wait-for takes a command after --" in elsewhere.stderr

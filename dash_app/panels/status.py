@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dash import Dash, Input, Output, dcc, html
 
 from mlex_tomo.settings import StackSettings
-from mlex_tomo.stack.health import broker_health, prefect_health, tiled_health, worker_health
+from mlex_tomo.health import broker_health, prefect_health, tiled_health, worker_health
 
 PROBES = (tiled_health, prefect_health, worker_health, broker_health)
 

@@ -38,7 +38,7 @@ def start_stack(data_dir: Path, *arguments: str) -> tuple[subprocess.Popen, Stac
         "ui": {"port": ui_port},
     }
     command = [
-        sys.executable, "-m", "mlex_tomo.cli", "up",
+        sys.executable, "-m", "stack.cli", "up",
         "--data-dir", str(data_dir), "--tiled.port", str(tiled_port), "--prefect.port", str(prefect_port),
         "--broker.stomp_port", str(stomp_port), "--broker.openwire_port", str(openwire_port), "--ui.port", str(ui_port),
         *arguments,

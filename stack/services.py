@@ -10,8 +10,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from mlex_tomo.settings import CONFIG_FILE_VARIABLE, StackSettings, secrets_as_environment, settings_as_yaml
-from mlex_tomo.stack import activemq
-from mlex_tomo.stack.health import (
+from stack import activemq
+from mlex_tomo.health import (
     Health,
     broker_health,
     ingester_health,
@@ -65,7 +65,7 @@ def tiled_service(settings: StackSettings) -> Service:
     return Service(
         name="tiled",
         command=[
-            sys.executable, "-m", "mlex_tomo.stack.tiled_server", str(tiled.config_path),
+            sys.executable, "-m", "stack.tiled_server", str(tiled.config_path),
             "--host", tiled.host, "--port", str(tiled.port),
         ],
         probe=tiled_health,
@@ -146,7 +146,7 @@ def ui_service(settings: StackSettings) -> Service:
 def mlex_tomo_command(settings: StackSettings, subcommand: str) -> list[str]:
     """`mlex-tomo SUBCOMMAND` reading the settings `up` resolved (see `write_child_settings`)."""
     config = str(child_settings_path(settings))
-    return [sys.executable, "-m", "mlex_tomo.cli", subcommand, "--config", config]
+    return [sys.executable, "-m", "stack.cli", subcommand, "--config", config]
 
 
 def child_settings_path(settings: StackSettings) -> Path:

@@ -224,7 +224,7 @@ def _check(settings: StackSettings, arguments: argparse.Namespace) -> int:
 
 
 def _up(settings: StackSettings, arguments: argparse.Namespace) -> int:
-    from mlex_tomo.stack.supervisor import StartupError, run_up
+    from stack.supervisor import StartupError, run_up
 
     try:
         return run_up(settings)
@@ -254,7 +254,7 @@ def _worker(settings: StackSettings, arguments: argparse.Namespace) -> int:
     import os
 
     from flows.leftovers import clean_up_leftovers
-    from mlex_tomo.stack.services import prefect_worker_command, worker_environment, write_child_settings
+    from stack.services import prefect_worker_command, worker_environment, write_child_settings
 
     write_child_settings(settings)
     for removed in clean_up_leftovers():
@@ -265,7 +265,7 @@ def _worker(settings: StackSettings, arguments: argparse.Namespace) -> int:
 
 def _wait_for(settings: StackSettings, arguments: argparse.Namespace) -> int:
     """Replaces this process with the command once its services answer, so that signals reach it directly."""
-    from mlex_tomo.stack.waiting import Target, WaitTimedOut, wait_for
+    from stack.waiting import Target, WaitTimedOut, wait_for
 
     try:
         targets = [Target.parse(text) for text in arguments.targets]
@@ -417,7 +417,7 @@ def _wait_until_served(settings: StackSettings, name: str, path: Path, timeout: 
 
 
 def _status(settings: StackSettings, arguments: argparse.Namespace) -> int:
-    from mlex_tomo.stack.health import stack_health
+    from mlex_tomo.health import stack_health
 
     report = stack_health(settings)
     width = max(len(health.service) for health in report)

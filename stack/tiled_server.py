@@ -1,6 +1,6 @@
 """Tiled's server from tiled_config/config.yml, as `tiled serve config` runs it, less what leaks its secrets.
 
-    python -m mlex_tomo.stack.tiled_server tiled_config/config.yml --host 127.0.0.1 --port 8000
+    python -m stack.tiled_server tiled_config/config.yml --host 127.0.0.1 --port 8000
 
 `tiled serve config` prints a start-up banner holding `?api_key=<key>`, which went
 into the stack's log; and a catalog with `init_if_not_exists` is initialised by a
@@ -47,14 +47,14 @@ def logging_config() -> dict:
     from tiled.server.logging_config import LOGGING_CONFIG
 
     config = copy.deepcopy(LOGGING_CONFIG)
-    config["filters"]["redact_passwords"] = {"()": "mlex_tomo.stack.tiled_server.RedactPasswords"}
+    config["filters"]["redact_passwords"] = {"()": "stack.tiled_server.RedactPasswords"}
     for handler in config["handlers"].values():
         handler["filters"] = ["redact_passwords", *handler.get("filters", [])]
     return config
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m mlex_tomo.stack.tiled_server", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m stack.tiled_server", description=__doc__.splitlines()[0])
     parser.add_argument("config", type=Path, help="Tiled's configuration file (tiled_config/config.yml)")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8000)

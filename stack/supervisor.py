@@ -22,10 +22,10 @@ from typing import TextIO
 from pydantic import SecretStr
 
 from mlex_tomo.settings import GENERATED_BROKER_USER, StackSettings
-from mlex_tomo.stack import activemq
-from mlex_tomo.stack.health import Health
-from mlex_tomo.stack.processes import ManagedProcess, open_private_log
-from mlex_tomo.stack.services import Service, embedded_services, write_child_settings
+from stack import activemq
+from mlex_tomo.health import Health
+from stack.processes import ManagedProcess, open_private_log
+from stack.services import Service, embedded_services, write_child_settings
 
 PROBE_INTERVAL_SECONDS = 0.5
 MONITOR_INTERVAL_SECONDS = 1.0

@@ -1,1 +1,0 @@
-"""Process management for the embedded stack (`mlex-tomo up`)."""

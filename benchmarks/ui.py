@@ -89,7 +89,8 @@ from stack.services import (
     ui_service,
     write_child_settings,
 )
-from mlex_tomo.tiled_layout import RECONS, connect, ensure_containers
+from mlex_tomo.tiled_layout import connect, ensure_containers
+from mlex_tomo.tiled_names import RECONS
 from mlex_tomo.volume_writers import HDF5_DATASET, write_hdf5
 
 CHROMIUM_ARGUMENTS = [

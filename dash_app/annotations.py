@@ -21,7 +21,8 @@ from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-UNLABELLED = -1
+from mlex_tomo.tiled_names import UNLABELLED
+
 MAX_CLASSES = 254  # rasterised as class + 1 in an 8-bit image; 0 is the eraser, 255 untouched
 UNTOUCHED = 255
 

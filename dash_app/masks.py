@@ -13,7 +13,8 @@ from typing import Any
 from dash_app.annotations import Annotations, Axis, to_mask
 from dash_app.imaging import colour_labels, outline_labels, rgb
 from mlex_tomo.tiled_http import NodeNotFound, TiledHttpClient
-from mlex_tomo.tiled_layout import MASK_KEY, MASKS, write_mask
+from mlex_tomo.tiled_layout import write_mask
+from mlex_tomo.tiled_names import MASKS, MASK_KEY
 
 
 CURRENT = "current_annotation"  # metadata key of /masks/<scan>: what the user last saw saved

@@ -13,13 +13,12 @@ import numpy as np
 from numpy.typing import NDArray
 from pydantic import BaseModel
 
-from dash_app.annotations import PALETTE, UNLABELLED
+from dash_app.annotations import PALETTE
 from dash_app.imaging import colour_labels, rgb
 from dash_app.volumes import slice_shape
 from mlex_tomo.tiled_http import Node, NodeNotFound, TiledHttpClient
-from mlex_tomo.tiled_layout import RESULTS
+from mlex_tomo.tiled_names import RESULT_KEY, RESULTS, UNLABELLED
 
-RESULT_KEY = "seg_result"
 COMPLETE = "complete"
 FINISHED = (COMPLETE, "failed", "cancelled")
 

@@ -20,7 +20,7 @@ from numpy.typing import NDArray
 
 from dash_app.imaging import ImageFormat, display_range, encode, histogram, stride_for, to_display
 from mlex_tomo.tiled_http import Node, NodeNotFound, TiledHttpClient
-from mlex_tomo.tiled_layout import RECONS, VOLUME_KEY
+from mlex_tomo.tiled_names import RECONS, volume_key
 
 Axis = Literal["z", "y", "x"]
 AXES: tuple[Axis, ...] = ("z", "y", "x")
@@ -166,11 +166,11 @@ class ScanLibrary:
     def _volume_array(self, path: str) -> Node:
         node = self.tiled.node(path)
         if node.structure_family == "container":
-            children = self.tiled.children(path)
-            arrays = [key for key, child in children.items() if child.is_array]
-            if VOLUME_KEY not in children and len(arrays) != 1:
-                raise UnreadableScan(f"/{path} holds {len(arrays)} arrays ({', '.join(arrays) or 'none'}) and no '{VOLUME_KEY}'")
-            return self._volume_array(f"{path}/{VOLUME_KEY if VOLUME_KEY in children else arrays[0]}")
+            try:
+                key = volume_key({key: child.is_array for key, child in self.tiled.children(path).items()})
+            except ValueError as error:
+                raise UnreadableScan(f"/{path} {error}") from None
+            return self._volume_array(f"{path}/{key}")
         if not node.is_array or len(node.shape) != 3:
             raise UnreadableScan(f"/{path} is not a 3-D (z, y, x) array")
         return node

@@ -26,7 +26,8 @@ from mlex_tomo.phantom import CLASS_NAMES, PhantomSpec
 from mlex_tomo.scan_simulator import simulate_scan
 from mlex_tomo.scribbles import paint_scribbles
 from mlex_tomo.settings import StackSettings
-from mlex_tomo.tiled_layout import MASKS, RECONS, RESULTS, connect, connect_http, node_uri, write_mask
+from mlex_tomo.tiled_layout import connect, connect_http, node_uri, write_mask
+from mlex_tomo.tiled_names import MASKS, RECONS, RESULT_KEY, RESULTS, VOLUME_KEY
 from mlex_tomo.volume_writers import LABELS_DATASET, NXTOMOPROC_DATA_PATH
 from segmentation.metrics import confusion_matrix, iou_from_confusion
 
@@ -109,7 +110,7 @@ def _simulate(settings: StackSettings, options: LoopOptions, spec: PhantomSpec, 
             volume = file[NXTOMOPROC_DATA_PATH][()]
         recons = connect(settings, writable=True)[RECONS]
         record.tiled_nodes.append(f"{RECONS}/{options.scan}")
-        recons.create_container(options.scan, metadata={"format": "uploaded", "source": "mlex-tomo demo"}).write_array(volume, key="data")
+        recons.create_container(options.scan, metadata={"format": "uploaded", "source": "mlex-tomo demo"}).write_array(volume, key=VOLUME_KEY)
     else:
         announce(settings, scan.announce_path, beamline="simulated", scanId=options.scan)
         record.tiled_nodes.append(f"{RECONS}/{options.scan}")
@@ -123,7 +124,7 @@ def _ingest(settings: StackSettings, options: LoopOptions, record: LoopRecord, t
         if options.scan in recons:
             with h5py.File(truth_path, "r") as file:
                 expected = file[LABELS_DATASET].shape
-            served = tuple(recons[options.scan]["data"].shape)
+            served = tuple(recons[options.scan][VOLUME_KEY].shape)
             if served != expected:
                 raise LoopFailed("ingest", f"Tiled serves {options.scan} as {served}, the phantom is {expected}")
             return
@@ -191,7 +192,7 @@ def _cancel(client, run_id: UUID) -> None:
 
 def _score(settings: StackSettings, record: LoopRecord, truth_path: Path) -> None:
     """Mean IoU of the whole volume's labels against the ground truth, read in slabs."""
-    labels = connect(settings)[RESULTS][record.job_ids["infer"]]["seg_result"]
+    labels = connect(settings)[RESULTS][record.job_ids["infer"]][RESULT_KEY]
     classes = len(CLASS_NAMES)
     confusion = np.zeros((classes, classes), np.int64)
     with h5py.File(truth_path, "r") as file:
@@ -262,4 +263,4 @@ def web_app_problems(settings: StackSettings, url: str, record: LoopRecord) -> l
 
 
 def _middle_slice(settings: StackSettings, record: LoopRecord) -> int:
-    return int(connect(settings)[RECONS][record.scan]["data"].shape[0]) // 2
+    return int(connect(settings)[RECONS][record.scan][VOLUME_KEY].shape[0]) // 2

@@ -30,7 +30,8 @@ from flows.job_runner import run_launched_job, stop_when_the_parent_dies
 from flows.leftovers import process_identity
 from flows.launchers import ContainerLauncher, JobResources, Launcher, LauncherName, ProcessLauncher, node_has_gpus
 from mlex_tomo.settings import StackSettings, load_settings
-from mlex_tomo.tiled_layout import RESULTS, node_uri
+from mlex_tomo.tiled_layout import node_uri
+from mlex_tomo.tiled_names import RESULTS
 from segmentation.models import ModelParameters
 from segmentation.parameters import JOB_ID_PATTERN, Device, JobParameters
 from segmentation.progress import STAGE_LABELS

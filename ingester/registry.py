@@ -19,7 +19,8 @@ import httpx
 from ingester.errors import Rejected, TiledUnavailable
 from ingester.sources import ArraySource, ScanDescription
 from mlex_tomo.settings import StackSettings
-from mlex_tomo.tiled_layout import RECONS, ReconstructionMetadata, connect
+from mlex_tomo.tiled_layout import ReconstructionMetadata, connect
+from mlex_tomo.tiled_names import RECONS
 
 CONFLICT = 409
 

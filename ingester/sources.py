@@ -23,6 +23,7 @@ from tiled.utils import ensure_uri
 
 from ingester.errors import Rejected, Unreadable
 from mlex_tomo.readable_files import OutsideRoots, check_folder, check_storage, external_link_on_the_way, locate_dataset, within_roots
+from mlex_tomo.tiled_names import VOLUME_KEY
 
 HDF5_SUFFIXES = {".nxs", ".h5", ".hdf5", ".hdf", ".nx5"}
 TIFF_SUFFIXES = {".tif", ".tiff"}
@@ -30,7 +31,6 @@ SAVU_VOLUME = "entry/final_result_tomo/data"
 SAVU_METADATA = "entry/final_result_tomo/meta_data"
 NXTOMOPROC_VOLUME = "entry/data/data"
 SAVU_SUFFIX = "_processed"
-VOLUME_KEY = "data"
 AXES_ZYX = ["z", "y", "x"]
 # Savu's TiffSaver writes one image per y by default: XZ planes.
 TIFF_SAVER_AXES = ["y", "z", "x"]

@@ -6,6 +6,8 @@ import numpy as np
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from mlex_tomo.tiled_names import UNLABELLED
+
 
 def paint_scribbles(
     truth: NDArray[np.uint8],
@@ -19,7 +21,7 @@ def paint_scribbles(
     Regions are eroded by a pixel first, as a person keeps clear of edges; strokes go to
     distinct regions (pores, inclusions) before a region gets a second one.
     """
-    mask = np.full(truth.shape, -1, np.int8)
+    mask = np.full(truth.shape, UNLABELLED, np.int8)
     for label in range(num_classes):
         regions, region_count = ndimage.label(ndimage.binary_erosion(truth == label))
         for region in np.resize(rng.permutation(region_count) + 1, strokes_per_class):

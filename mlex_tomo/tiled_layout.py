@@ -1,9 +1,5 @@
-"""The Tiled tree every part agrees on (ARCHITECTURE.md, "Tiled layout").
-
-    /recons/<scan>                       registered by the ingester, in place
-    /masks/<scan>/<mask_id>/mask         written by the UI
-    /results/<job_id>/seg_result         written by the segmentation job
-"""
+"""Working with the Tiled tree whose names mlex_tomo.tiled_names defines: connecting,
+node URIs, the metadata models, the top-level containers and writing masks."""
 
 from __future__ import annotations
 
@@ -15,15 +11,10 @@ from pydantic import BaseModel, ConfigDict
 
 from mlex_tomo.settings import StackSettings
 from mlex_tomo.tiled_http import TiledHttpClient
+from mlex_tomo.tiled_names import MASK_KEY, MASKS, RECONS, RESULTS, TOP_LEVEL_CONTAINERS
 
 if TYPE_CHECKING:
     from tiled.client.container import Container
-
-RECONS = "recons"
-VOLUME_KEY = "data"  # the volume's array when /recons/<scan> is a container
-MASKS = "masks"
-RESULTS = "results"
-TOP_LEVEL_CONTAINERS = (RECONS, MASKS, RESULTS)
 
 CONTAINER_DESCRIPTIONS = {
     RECONS: "Reconstructed volumes, registered in place by the ingester.",
@@ -87,9 +78,6 @@ def ensure_containers(client: Container) -> list[str]:
             client.create_container(name, metadata={"description": CONTAINER_DESCRIPTIONS[name]})
             created.append(name)
     return created
-
-
-MASK_KEY = "mask"
 
 
 def write_mask(

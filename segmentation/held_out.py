@@ -17,9 +17,9 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
+from mlex_tomo.tiled_names import UNLABELLED
 from segmentation.metrics import iou_from_confusion
 
-UNLABELLED = -1
 TILES_PER_SIDE = 8  # tiles along a slice's shorter side, within the edge limits below
 MIN_TILE_EDGE = 16
 MAX_TILE_EDGE = 64  # about the reach of the forest's widest filter, yet fine enough to share out strokes

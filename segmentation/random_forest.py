@@ -17,13 +17,13 @@ import numpy as np
 from numpy.typing import NDArray
 from sklearn.ensemble import RandomForestClassifier
 
+from mlex_tomo.tiled_names import UNLABELLED
 from segmentation.features import compute_features, feature_names, worker_count
 from segmentation.held_out import HeldOutScore, hold_out_tiles
 from segmentation.metrics import confusion_matrix
 from segmentation.models import RandomForestParameters
 
 ProgressCallback = Callable[[dict[str, Any]], None]
-UNLABELLED = -1
 BLOCK_FEATURE_BYTES = 256 * 2**20  # features of one block of slices
 PREDICT_CHUNK_PIXELS = 32_768  # small enough that every tree reuses the chunk from cache
 SAVE_FORMAT = 1

@@ -17,10 +17,7 @@ from tiled.structures.array import ArrayStructure, BuiltinDtype
 from tiled.structures.core import StructureFamily
 from tiled.structures.data_source import DataSource
 
-VOLUME_KEY = "data"
-RESULT_KEY = "seg_result"
-UNCERTAINTY_KEY = "probabilities"
-UNLABELLED = -1
+from mlex_tomo.tiled_names import MASK_KEY, RESULT_KEY, UNCERTAINTY_KEY, UNLABELLED, volume_key
 
 
 class InvalidInput(ValueError):
@@ -60,14 +57,11 @@ def _volume_array(node: Any) -> Any:
         return node
     if node.structure_family != StructureFamily.container:
         raise InvalidInput(f"expected an array or a container, got a {node.structure_family}")
-    if VOLUME_KEY in node:
-        return _volume_array(node[VOLUME_KEY])
-    arrays = [key for key, child in node.items() if child.structure_family == StructureFamily.array]
-    if len(arrays) != 1:
-        raise InvalidInput(
-            f"container holds {len(arrays)} arrays ({', '.join(arrays) or 'none'}) and no '{VOLUME_KEY}'"
-        )
-    return node[arrays[0]]
+    try:
+        key = volume_key({key: child.structure_family == StructureFamily.array for key, child in node.items()})
+    except ValueError as error:
+        raise InvalidInput(f"container {error}") from None
+    return _volume_array(node[key])
 
 
 @dataclass(frozen=True)
@@ -86,7 +80,7 @@ class SparseMask:
 def read_mask(node: Any, volume_shape: tuple[int, int, int]) -> SparseMask:
     """Read `/masks/<scan>/<mask_id>/mask` and check it against the volume it labels."""
     if node.structure_family == StructureFamily.container:
-        node = node["mask"]
+        node = node[MASK_KEY]
     metadata = dict(node.metadata)
     for field in ("mask_idx", "classes"):
         if field not in metadata:

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from pydantic import Field, TypeAdapter
 from torch import nn
 
+from mlex_tomo.tiled_names import UNLABELLED
 from segmentation.held_out import HeldOutScore, hold_out_tiles
 from segmentation.metrics import confusion_matrix, iou_from_confusion
 from segmentation.models import (
@@ -33,7 +34,6 @@ from segmentation.models import (
 )
 from segmentation.networks import build_network, mixed_precision
 
-UNLABELLED = -1
 FILE_FORMAT = 1  # bumped when the saved dictionary changes meaning
 SGD_MOMENTUM = 0.9  # plain SGD at Adam-sized learning rates would hardly move
 

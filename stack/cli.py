@@ -21,7 +21,8 @@ from mlex_tomo.settings import (
     parse_dotted_overrides,
     settings_as_yaml,
 )
-from mlex_tomo.tiled_layout import RECONS, node_uri
+from mlex_tomo.tiled_layout import node_uri
+from mlex_tomo.tiled_names import RECONS
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

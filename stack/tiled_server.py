@@ -83,7 +83,8 @@ async def create_top_level_containers(catalog_uri: str) -> list[str]:
     from tiled.catalog import from_uri
     from tiled.structures.core import StructureFamily
 
-    from mlex_tomo.tiled_layout import CONTAINER_DESCRIPTIONS, TOP_LEVEL_CONTAINERS
+    from mlex_tomo.tiled_layout import CONTAINER_DESCRIPTIONS
+    from mlex_tomo.tiled_names import TOP_LEVEL_CONTAINERS
 
     catalog = from_uri(catalog_uri)
     await catalog.startup()

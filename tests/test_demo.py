@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-from mlex_tomo.tiled_layout import MASKS, RECONS, RESULTS, connect
+from mlex_tomo.tiled_layout import connect
+from mlex_tomo.tiled_names import MASKS, RECONS, RESULTS
 from tests.services import RunningStack
 
 pytestmark = pytest.mark.stack

@@ -7,7 +7,7 @@ import logging
 import logging.config
 
 from stack.tiled_server import create_top_level_containers, logging_config
-from mlex_tomo.tiled_layout import TOP_LEVEL_CONTAINERS
+from mlex_tomo.tiled_names import TOP_LEVEL_CONTAINERS
 
 PASSWORD = "pa55w0rd42"
 

@@ -21,7 +21,8 @@ from dash_app.annotations import AXES, PALETTE, Annotations, ClassInfo, Stroke
 from dash_app.masks import latest_annotations, save_annotations
 from mlex_tomo.settings import StackSettings
 from mlex_tomo.tiled_http import TiledHttpClient
-from mlex_tomo.tiled_layout import RECONS, check_writable, node_uri
+from mlex_tomo.tiled_layout import check_writable, node_uri
+from mlex_tomo.tiled_names import RECONS
 
 HISTORY_LIMIT = 100
 TOOLS = [("Brush (B)", "brush"), ("Eraser (E)", "eraser"), ("Polygon (P)", "polygon"), ("Rectangle (R)", "rectangle"), ("Pan (H, or hold Space)", "pan")]

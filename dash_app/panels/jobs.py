@@ -20,7 +20,8 @@ from dash_app import model_form
 from dash_app.runs import RunSummary, SegmentationRuns, selected_run, summaries_from_store
 from flows.segmentation import SegmentationRequest
 from mlex_tomo.settings import StackSettings
-from mlex_tomo.tiled_layout import RECONS, node_uri
+from mlex_tomo.tiled_layout import node_uri
+from mlex_tomo.tiled_names import RECONS
 
 NOTIFICATIONS_KEPT = 5
 

@@ -16,6 +16,7 @@ import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, LogFilter, LogFilterFlowRunId
 from prefect.deployments import run_deployment
+from prefect.exceptions import PrefectHTTPStatusError
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 from tiled.client import from_uri
@@ -143,7 +144,8 @@ def test_bad_parameters_are_refused_before_a_run_starts(stack, fields, message):
         parameters.pop("model")
     try:
         flow_run = run(stack, parameters, timeout=120)
-    except Exception as error:  # refused by the server against the deployment's parameter schema
+    except PrefectHTTPStatusError as error:  # refused by the server against the deployment's parameter schema
+        assert error.response.status_code == 409, error
         explanation = str(error)
     else:  # accepted by the schema, refused by the flow's own validation before any job
         assert flow_run.state.is_failed(), "the run was accepted"

@@ -111,12 +111,16 @@ def test_two_files_with_the_same_scan_id_get_distinct_nodes(services, broker):
 
 
 def test_only_final_statuses_are_ingested(services, broker):
-    scan = simulate(services, "status", "nxtomo")
-    broker.announce(scan.announce_path, status="RUNNING")
-    broker.announce(scan.announce_path.parent / "missing-but-skipped.nxs", status="QUEUED")
-    broker.announce(scan.announce_path, status="complete")
-    registered(services, "status")
-    assert "missing-but-skipped" not in services.recons()
+    """A file announced while still being written is left alone; its final announcement registers it."""
+    unfinished = simulate(services, "status-unfinished", "nxtomo")
+    broker.announce(unfinished.announce_path, status="RUNNING")
+    broker.announce(unfinished.announce_path, status="QUEUED")
+    finished = simulate(services, "status-finished", "nxtomo")
+    broker.announce(finished.announce_path, status="complete")
+    registered(services, "status-finished")  # announced last: the messages before it are handled
+    assert not any(key.startswith("status-unfinished") for key in services.recons())
+    broker.announce(unfinished.announce_path, status="COMPLETE")
+    registered(services, "status-unfinished")
 
 
 def test_bad_input_is_dead_lettered_with_its_reason_while_good_input_flows(services, broker, tmp_path):

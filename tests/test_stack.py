@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import re
 import shutil
@@ -18,15 +16,11 @@ import numpy as np
 import psutil
 import pytest
 import stomp
-import yaml
 from prefect.deployments import run_deployment
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from tiled.client import from_uri
 
 from ingester.existing import register_existing
-from mlex_tomo.settings import CONFIG_FILE_VARIABLE, load_settings
-from stack.services import child_settings_path, embedded_services
-from stack.supervisor import Stack
 from tests.services import RunningStack, wait_for
 
 pytestmark = pytest.mark.stack
@@ -227,46 +221,3 @@ def test_a_port_in_use_is_named_with_its_setting(tmp_path):
         result = stack.cli("up")
     assert result.returncode == 1
     assert f"port {port}" in result.stdout and "--tiled.port" in result.stdout
-
-
-def test_services_with_an_external_address_are_not_started(tmp_path):
-    settings = load_settings(
-        overrides={
-            "data_dir": str(tmp_path),
-            "broker": {"url": "stomp://broker.facility:61613"},
-            "tiled": {"url": "http://tiled.facility:8000"},
-        },
-        environ={},
-    )
-    servers, clients = embedded_services(settings)
-    assert [service.name for service in servers] == ["prefect"]
-    assert [service.name for service in clients] == ["worker", "ingester", "ui"]
-    assert settings.broker.stomp_address == ("broker.facility", 61613)
-    assert settings.tiled.base_url == "http://tiled.facility:8000"
-
-
-def test_children_are_handed_absolute_paths_when_data_dir_is_relative(tmp_path, monkeypatch):
-    """Flow runs work in Prefect's temporary folders: a relative data_dir would put models there."""
-    monkeypatch.chdir(tmp_path)
-    start = Path.cwd()
-    settings = load_settings(overrides={"data_dir": "data", "broker": {"url": "stomp://127.0.0.1:1"}}, environ={})
-    stack = Stack(settings, io.StringIO())
-    _, clients = stack._prepare()
-    monkeypatch.chdir("/")
-
-    written = yaml.safe_load(child_settings_path(stack.settings).read_text())
-    assert written["data_dir"] == str(start / "data")
-    worker = next(service for service in clients if service.name == "worker")
-    assert worker.env[CONFIG_FILE_VARIABLE] == str(start / "data" / "run" / "settings.yaml")
-
-
-def test_a_vanished_terminal_does_not_interrupt_the_shutdown(tmp_path):
-    """Progress lines to a closed pipe are dropped, so stopping goes on to the last service."""
-    read_end, write_end = os.pipe()
-    os.close(read_end)
-    gone = os.fdopen(write_end, "w")
-    stack = Stack(load_settings(overrides={"data_dir": str(tmp_path)}, environ={}), gone)
-    stack._say("stopping tiled")
-    stack._say_raw("mlex-tomo is up:")
-    with contextlib.suppress(BrokenPipeError):  # what is still buffered cannot be flushed either
-        gone.close()

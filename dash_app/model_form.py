@@ -14,6 +14,7 @@ from typing import Any, Literal, Union, get_args, get_origin
 from dash import dcc, html
 from pydantic import BaseModel, ValidationError
 
+from mlex_tomo.validation import validation_problems
 from segmentation.models import ModelParameters, NetworkParameters
 
 MODELS: dict[str, type[BaseModel]] = {
@@ -120,5 +121,5 @@ def parameters_from_form(model_name: str, names: list[str], values: list[Any]) -
     try:
         parameters = MODELS[model_name].model_validate(raw)
     except ValidationError as error:
-        return None, [f"{'.'.join(str(part) for part in problem['loc'])}: {problem['msg']}" for problem in error.errors()]
+        return None, validation_problems(error)
     return parameters.model_dump(mode="json"), []

@@ -9,6 +9,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ingester.errors import Rejected
+from mlex_tomo.validation import validation_problems
 
 MAX_PATH_CHARACTERS = 4096  # PATH_MAX on Linux
 MAX_FIELD_BYTES = 1024  # one producer field, as JSON
@@ -40,10 +41,7 @@ class IngestMessage(BaseModel):
         try:
             return cls.model_validate(document)
         except ValidationError as error:
-            problems = "; ".join(
-                f"{'.'.join(map(str, problem['loc'])) or 'body'}: {problem['msg']}"
-                for problem in error.errors()
-            )
+            problems = "; ".join(validation_problems(error, whole="body"))
             raise Rejected(f"invalid message: {problems}") from None
 
     def is_final(self, accepted_statuses: Iterable[str]) -> bool:

@@ -17,6 +17,7 @@ import yaml
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 from pydantic_settings import BaseSettings, EnvSettingsSource, SettingsConfigDict
 
+from mlex_tomo.validation import validation_problems
 from tiled_config import CONFIG_PATH as TILED_CONFIG_PATH
 
 ENV_PREFIX = "MLEX_TOMO_"
@@ -235,6 +236,10 @@ class UISettings(Section):
     username: str | None = Field(default=None, description="Basic-auth user; login is off unless set with a password.")
     password: SecretStr | None = Field(default=None, description="Basic-auth password.")
     password_file: AbsolutePath | None = Field(default=None, description="File holding the basic-auth password.")
+    threads: int = Field(
+        default=8, ge=1, le=64,
+        description="Requests the web app serves at once (gunicorn threads, in one process: the slice cache lives in it).",
+    )
     image_cache_mib: int = Field(
         default=64, ge=0, le=65536,
         description="Memory for slices read from Tiled, at the resolution shown (a 1024² uint16 slice: 2 MiB). "
@@ -430,14 +435,7 @@ def load_settings(
 
 
 def describe_validation_error(error: ValidationError) -> str:
-    lines = []
-    for problem in error.errors():
-        key = ".".join(str(part) for part in problem["loc"]) or "(settings)"
-        given = f" (got {problem['input']!r})" if problem["type"] != "missing" else ""
-        if isinstance(problem.get("input"), (dict, list)):
-            given = ""
-        lines.append(f"{key}: {problem['msg']}{given}")
-    return "invalid settings:\n  " + "\n  ".join(lines)
+    return "invalid settings:\n  " + "\n  ".join(validation_problems(error, whole="(settings)", show_input=True))
 
 
 def parse_dotted_overrides(arguments: list[str]) -> dict[str, Any]:

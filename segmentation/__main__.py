@@ -25,6 +25,7 @@ import httpx
 import yaml
 from pydantic import ValidationError
 
+from mlex_tomo.validation import validation_problems
 from segmentation.job import Cancelled, DeviceUnavailable, run_job
 from segmentation.model_store import ModelNotFound
 from segmentation.parameters import LAUNCHER_PID_VARIABLE, JobParameters
@@ -61,12 +62,7 @@ def load_parameters(path: Path) -> JobParameters:
 
 
 def describe(error: ValidationError) -> str:
-    """One line per problem, led by the dotted field name."""
-    lines = []
-    for problem in error.errors():
-        field = ".".join(str(part) for part in problem["loc"]) or "(top level)"
-        lines.append(f"  {field}: {problem['msg']}")
-    return "\n".join(lines)
+    return "\n".join(f"  {line}" for line in validation_problems(error))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import sys
 import time
 from collections.abc import Callable
@@ -160,6 +159,7 @@ def _run_loop(settings: StackSettings, arguments: argparse.Namespace):
     from pydantic import ValidationError
 
     from flows.demo import LoopFailed, LoopOptions, LoopRecord, run_loop
+    from mlex_tomo.validation import validation_problems
 
     try:
         options = LoopOptions(
@@ -167,7 +167,7 @@ def _run_loop(settings: StackSettings, arguments: argparse.Namespace):
             device=arguments.device, via=arguments.via, timeout_seconds=arguments.timeout,
         )
     except ValidationError as error:
-        problems = "; ".join(f"--{'-'.join(str(part) for part in problem['loc']).replace('_', '-')}: {problem['msg']}" for problem in error.errors())
+        problems = "; ".join(validation_problems(error, field_name=_option_name))
         print(f"mlex-tomo: {problems}", file=sys.stderr)
         return None
     record, failure = LoopRecord(scan=options.scan), None
@@ -177,6 +177,10 @@ def _run_loop(settings: StackSettings, arguments: argparse.Namespace):
         failure = error
     _print_summary(record)
     return record, failure
+
+
+def _option_name(location) -> str:
+    return "--" + "-".join(str(part) for part in location).replace("_", "-")
 
 
 def _print_summary(record) -> None:
@@ -252,8 +256,6 @@ def _deploy(settings: StackSettings, arguments: argparse.Namespace) -> int:
 
 def _worker(settings: StackSettings, arguments: argparse.Namespace) -> int:
     """Removes what a crashed worker left, then replaces this process with Prefect's worker, so signals reach it directly."""
-    import os
-
     from flows.leftovers import clean_up_leftovers
     from stack.services import prefect_worker_command, worker_environment, write_child_settings
 
@@ -282,28 +284,11 @@ def _wait_for(settings: StackSettings, arguments: argparse.Namespace) -> int:
 
 
 def _ui(settings: StackSettings, arguments: argparse.Namespace) -> int:
-    """Serve until SIGINT or SIGTERM, then exit at once.
+    """Serve under gunicorn until SIGTERM (a short grace for requests in flight) or SIGINT."""
+    from stack.web_server import WebAppServer
 
-    Both signals are taken even when the shell started the app with SIGINT ignored (a
-    background job), and the exit does not wait for slice reads still in flight: a
-    prefetch waiting on a slow Tiled held the process for up to its timeout.
-    """
-    from dash_app.app import create_app
-
-    app = create_app(settings)
-    for stop_signal in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(stop_signal, _raise_keyboard_interrupt)
-    try:
-        app.run(host=settings.ui.host, port=settings.ui.port, debug=False)
-    except KeyboardInterrupt:
-        pass
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(EXIT_OK)
-
-
-def _raise_keyboard_interrupt(signum: int, frame) -> None:
-    raise KeyboardInterrupt(signal.Signals(signum).name)
+    WebAppServer(settings).run()
+    return EXIT_OK
 
 
 def _ingester(settings: StackSettings, arguments: argparse.Namespace) -> int:

@@ -11,7 +11,11 @@ from pathlib import Path
 REPOSITORY = Path(__file__).resolve().parents[1]
 BLOCKED = ("prefect", "dash", "plotly", "ingester", "stack", "flows", "dash_app", "stomp", "h5py", "zarr")
 # What of mlex_tomo the image ships (segmentation/Containerfile); the rest of it is blocked.
-SHIPPED_CORE = {"mlex_tomo": "mlex_tomo/__init__.py", "mlex_tomo.tiled_names": "mlex_tomo/tiled_names.py"}
+SHIPPED_CORE = {
+    "mlex_tomo": "mlex_tomo/__init__.py",
+    "mlex_tomo.tiled_names": "mlex_tomo/tiled_names.py",
+    "mlex_tomo.validation": "mlex_tomo/validation.py",
+}
 
 
 def pins(lines: list[str]) -> dict[str, str]:

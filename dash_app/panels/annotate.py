@@ -23,6 +23,7 @@ from mlex_tomo.settings import StackSettings
 from mlex_tomo.tiled_http import TiledHttpClient
 from mlex_tomo.tiled_layout import check_writable, node_uri
 from mlex_tomo.tiled_names import RECONS
+from mlex_tomo.validation import validation_problems
 
 HISTORY_LIMIT = 100
 TOOLS = [("Brush (B)", "brush"), ("Eraser (E)", "eraser"), ("Polygon (P)", "polygon"), ("Rectangle (R)", "rectangle"), ("Pan (H, or hold Space)", "pan")]
@@ -91,7 +92,7 @@ def with_strokes(annotations: Annotations, pending: list[dict[str, Any]], applie
         try:
             stroke = Stroke.model_validate({**entry["stroke"], "axis": entry["axis"], "index": entry["index"]})
         except ValidationError as error:
-            refused.extend(problem["msg"].removeprefix("Value error, ") for problem in error.errors())
+            refused.extend(validation_problems(error, whole="stroke"))
             continue
         if stroke.class_id is not None and stroke.class_id not in updated.classes:
             refused.append(f"class {stroke.class_id} no longer exists")

@@ -40,6 +40,7 @@ from ingester.errors import Interrupted, Rejected, TiledUnavailable, Unreadable
 from ingester.messages import IngestMessage
 from ingester.processor import Outcome, Processor
 from ingester.status import IngesterStatus
+from mlex_tomo.backoff import Backoff
 from mlex_tomo.settings import StackSettings
 
 log = logging.getLogger("mlex_tomo.ingester")
@@ -80,7 +81,7 @@ class _Waiting:
     deadline: float
     received: float = field(default_factory=time.monotonic)
     next_try: float = 0.0
-    pause: float = 0.0
+    backoff: Backoff = field(default_factory=lambda: Backoff(FIRST_FILE_RETRY_SECONDS, LONGEST_FILE_RETRY_SECONDS))
 
 
 class _SessionListener(stomp.ConnectionListener):
@@ -123,18 +124,18 @@ class Listener:
 
     def run(self, stop: threading.Event) -> None:
         """Consume until `stop` is set, reconnecting forever with capped exponential backoff."""
-        delay = FIRST_RETRY_SECONDS
+        backoff = Backoff(FIRST_RETRY_SECONDS, self.settings.ingester.reconnect_max_seconds)
         host, port = self.settings.broker.stomp_address
         while not stop.is_set():
             try:
                 session = self._open_session()
             except (StompException, OSError) as error:
                 self.status.update(connected=False)
+                delay = backoff.next()
                 log.warning("broker %s:%s not available (%r); retrying in %.1f s", host, port, error, delay)
                 stop.wait(delay)
-                delay = min(delay * 2, self.settings.ingester.reconnect_max_seconds)
                 continue
-            delay = FIRST_RETRY_SECONDS
+            backoff.reset()
             self.status.update(connected=True)
             log.info("consuming %s on %s:%s", self.settings.ingester.destination, host, port)
             try:
@@ -235,11 +236,10 @@ class Listener:
 
     def _wait_for_file(self, entry: _Waiting, problem: Unreadable) -> None:
         """The file may still be on its way: try again later, unacknowledged, while other messages go on."""
-        if entry.pause == 0:
+        if entry.backoff.attempts == 0:
             log.info("waiting up to %g s for %s (message %s)", self.settings.ingester.file_wait_seconds,
                      problem, entry.frame.headers.get("message-id", "?"))
-        entry.pause = min(max(2 * entry.pause, FIRST_FILE_RETRY_SECONDS), LONGEST_FILE_RETRY_SECONDS)
-        entry.next_try = min(time.monotonic() + entry.pause, entry.deadline)
+        entry.next_try = min(time.monotonic() + entry.backoff.next(), entry.deadline)
         self.waiting.append(entry)
 
     def _reject(self, session: _Session, frame, reason: str) -> None:
@@ -271,7 +271,7 @@ class Listener:
     def _process_until_tiled_answers(
         self, message: IngestMessage, session: _Session, stop: threading.Event
     ) -> Outcome:
-        delay = FIRST_RETRY_SECONDS
+        backoff = Backoff(FIRST_RETRY_SECONDS, self.settings.ingester.reconnect_max_seconds)
         interrupted = lambda: stop.is_set() or session.disconnected.is_set()  # noqa: E731
         while True:
             try:
@@ -279,10 +279,10 @@ class Listener:
             except TiledUnavailable as problem:
                 self.processor.forget_connection()
                 self.status.update(tiled_available=False)
+                delay = backoff.next()
                 log.warning("%s; keeping the message and retrying in %.1f s", problem, delay)
                 if stop.wait(delay) or session.disconnected.is_set():
                     raise Interrupted("stopped while Tiled was unavailable") from None
-                delay = min(delay * 2, self.settings.ingester.reconnect_max_seconds)
             else:
                 self.status.update(tiled_available=True)
 

@@ -20,12 +20,14 @@ import httpx
 import numpy as np
 from numpy.typing import NDArray
 
+from mlex_tomo.backoff import Backoff
+
 Selection = tuple[int | slice, ...]
 
 API_PREFIX = "/api/v1"
 PAGE_SIZE = 300
 RETRIES = 3  # Tiled 0.2.18 may answer 500 for a node registered milliseconds ago
-RETRY_PAUSE_SECONDS = 0.2
+RETRY_BACKOFF = Backoff(first=0.2, longest=1.0)
 RETRIED_STATUSES = (500, 502, 503, 504)
 
 JSON_PATCH = "application/json-patch+json"
@@ -189,7 +191,7 @@ class TiledHttpClient:
             else:
                 if response.status_code not in RETRIED_STATUSES or attempt >= RETRIES:
                     return _checked(response)
-            time.sleep(RETRY_PAUSE_SECONDS * attempt)
+            time.sleep(RETRY_BACKOFF.delay(attempt))
             attempt += 1
 
     def _send(self, method: str, url: str, **options: Any) -> httpx.Response:

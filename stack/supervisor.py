@@ -21,16 +21,16 @@ from typing import TextIO
 
 from pydantic import SecretStr
 
+from mlex_tomo.backoff import Backoff
+from mlex_tomo.health import Health
 from mlex_tomo.settings import GENERATED_BROKER_USER, StackSettings
 from stack import activemq
-from mlex_tomo.health import Health
 from stack.processes import ManagedProcess, open_private_log
 from stack.services import Service, embedded_services, write_child_settings
 
 PROBE_INTERVAL_SECONDS = 0.5
 MONITOR_INTERVAL_SECONDS = 1.0
-FIRST_RESTART_DELAY_SECONDS = 1.0  # a crashed part is restarted after this, doubling on each crash
-LONGEST_RESTART_DELAY_SECONDS = 30.0
+RESTART_BACKOFF = Backoff(first=1.0, longest=30.0)  # by the number of crashes in CRASH_WINDOW_SECONDS
 CRASHES_BEFORE_GIVING_UP = 5  # within CRASH_WINDOW_SECONDS; one more stops the stack
 CRASH_WINDOW_SECONDS = 300.0
 
@@ -172,7 +172,7 @@ class Stack:
                         f"{service.name} stopped {len(recent)} times within {CRASH_WINDOW_SECONDS / 60:g} minutes "
                         f"(last exit code {code}); read {process.log_path}"
                     )
-                delay = min(FIRST_RESTART_DELAY_SECONDS * 2 ** (len(recent) - 1), LONGEST_RESTART_DELAY_SECONDS)
+                delay = RESTART_BACKOFF.delay(len(recent))
                 self._say(
                     f"{service.name} stopped unexpectedly with code {code}; restarting it in {delay:g} s "
                     f"(read {process.log_path})"

@@ -10,6 +10,8 @@ import threading
 from datetime import datetime, timezone
 from typing import Any
 
+from cachetools import LRUCache
+
 from dash_app.annotations import Annotations, Axis, to_mask
 from dash_app.imaging import colour_labels, outline_labels, rgb
 from mlex_tomo.tiled_http import NodeNotFound, TiledHttpClient
@@ -88,8 +90,7 @@ class MaskOverlays:
 
     def __init__(self, tiled: TiledHttpClient, capacity: int = 64) -> None:
         self.tiled = tiled
-        self.capacity = capacity
-        self.annotations: dict[tuple[str, str], Annotations] = {}
+        self.annotations: LRUCache[tuple[str, str], Annotations] = LRUCache(maxsize=capacity)
         self.lock = threading.Lock()
 
     def overlay(self, scan: str, mask_id: str, axis: Axis, index: int, volume_shape: tuple[int, int, int], hidden: set[int] = frozenset()) -> Any:
@@ -102,15 +103,13 @@ class MaskOverlays:
     def _annotations(self, scan: str, mask_id: str) -> Annotations:
         key = (scan, mask_id)
         with self.lock:
-            if key in self.annotations:
-                return self.annotations[key]
+            if (cached := self.annotations.get(key)) is not None:
+                return cached
         try:
             node = self.tiled.node(f"{MASKS}/{scan}/{mask_id}/{MASK_KEY}")
         except NodeNotFound:
             raise LookupError(f"no mask {mask_id!r} for scan {scan!r}") from None
         annotations = Annotations.model_validate(node.metadata["annotations"])
         with self.lock:
-            if len(self.annotations) >= self.capacity:
-                self.annotations.pop(next(iter(self.annotations)))
             self.annotations[key] = annotations
         return annotations

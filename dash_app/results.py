@@ -7,9 +7,11 @@ a running one is read afresh each time.
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import numpy as np
+from cachetools import LRUCache
 from numpy.typing import NDArray
 from pydantic import BaseModel
 
@@ -49,14 +51,18 @@ class ResultDescription(BaseModel):
 
 
 class ResultOverlays:
-    def __init__(self, tiled: TiledHttpClient) -> None:
+    """Finished results' descriptions and label nodes, kept for the jobs most recently shown."""
+
+    def __init__(self, tiled: TiledHttpClient, capacity: int = 256) -> None:
         self.tiled = tiled
-        self.finished: dict[str, ResultDescription] = {}
-        self.labels: dict[str, Node] = {}
+        self.finished: LRUCache[str, ResultDescription] = LRUCache(maxsize=capacity)
+        self.labels: LRUCache[str, Node] = LRUCache(maxsize=capacity)
+        self.lock = threading.Lock()
 
     def describe(self, job_id: str) -> ResultDescription:
-        if job_id in self.finished:
-            return self.finished[job_id]
+        with self.lock:
+            if (known := self.finished.get(job_id)) is not None:
+                return known
         try:
             metadata = self.tiled.node(f"{RESULTS}/{job_id}").metadata
         except NodeNotFound:
@@ -64,7 +70,8 @@ class ResultOverlays:
         known = {name: metadata[name] for name in ResultDescription.model_fields if metadata.get(name) is not None}
         description = ResultDescription.model_validate({"status": "unknown", **known, "job_id": job_id})
         if description.finished:
-            self.finished[job_id] = description
+            with self.lock:
+                self.finished[job_id] = description
         return description
 
     def overlay(
@@ -85,9 +92,12 @@ class ResultOverlays:
             int(label): rgb(info.get("color") or PALETTE[int(label) % len(PALETTE)])
             for label, info in description.classes.items()
         }
-        if job_id not in self.labels:
-            self.labels[job_id] = self.tiled.node(f"{RESULTS}/{job_id}/{RESULT_KEY}")  # its shape and dtype never change
-        node = self.labels[job_id]
+        with self.lock:
+            node = self.labels.get(job_id)
+        if node is None:
+            node = self.tiled.node(f"{RESULTS}/{job_id}/{RESULT_KEY}")  # its shape and dtype never change
+            with self.lock:
+                self.labels[job_id] = node
         if axis == "z":
             return colour_labels(self.tiled.read(node, (description.slices.index(index),), compressed=True), colours, hidden), True
         rows = self.tiled.read(node, (slice(None), index) if axis == "y" else (slice(None), slice(None), index), compressed=True)

@@ -10,12 +10,12 @@ scrubbing through a volume rarely wait on Tiled.
 from __future__ import annotations
 
 import threading
-from collections import OrderedDict
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from cachetools import LRUCache
 from numpy.typing import NDArray
 
 from dash_app.imaging import ImageFormat, display_range, encode, histogram, stride_for, to_display
@@ -76,32 +76,21 @@ class Rendering:
 
 
 class SliceCache:
-    """Least-recently-used slices (arrays or encoded images), bounded by their total size in bytes."""
+    """Least-recently-used slices (arrays or encoded images), bounded by their total size in bytes; thread-safe."""
 
     def __init__(self, capacity_bytes: int) -> None:
-        self.capacity = capacity_bytes
-        self.entries: OrderedDict[tuple, NDArray[Any] | bytes] = OrderedDict()
-        self.size = 0
+        self.entries: LRUCache[tuple, NDArray[Any] | bytes] = LRUCache(maxsize=capacity_bytes, getsizeof=_size)
         self.lock = threading.Lock()
 
     def get(self, key: tuple) -> Any:
         with self.lock:
-            entry = self.entries.get(key)
-            if entry is not None:
-                self.entries.move_to_end(key)
-            return entry
+            return self.entries.get(key)
 
     def put(self, key: tuple, value: NDArray[Any] | bytes) -> None:
-        if _size(value) > self.capacity:
+        if _size(value) > self.entries.maxsize:
             return
         with self.lock:
-            if key in self.entries:
-                return
-            self.entries[key] = value
-            self.size += _size(value)
-            while self.size > self.capacity:
-                _, evicted = self.entries.popitem(last=False)
-                self.size -= _size(evicted)
+            self.entries.setdefault(key, value)
 
 
 def _size(value: NDArray[Any] | bytes) -> int:

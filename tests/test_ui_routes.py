@@ -282,8 +282,9 @@ def test_slices_are_read_strided_and_the_next_ones_are_prefetched_in_slabs(servi
     assert cached(jumping) == {19, 20, 21}
     jumping.slice("tall", "z", 4, max_size=5)
     assert cached(jumping) == {19, 20, 21, 3, 4, 5}  # a jump: one slice on each side again
+    assert ("tall", "z", 6, 1) not in library.cache.entries
     library.slice("tall", "z", 6, max_size=12)
-    assert (*library.cache.entries,)[-1] == ("tall", "z", 6, 1)  # another resolution is another read
+    assert ("tall", "z", 6, 1) in library.cache.entries  # another resolution is another read
     np.testing.assert_array_equal(library.slice("tall", "y", 7, max_size=6), tall[::5, 7, ::5])
 
 

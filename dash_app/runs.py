@@ -29,9 +29,9 @@ from prefect.states import Cancelled, Cancelling
 from pydantic import BaseModel, ValidationError
 
 from flows.segmentation import SegmentationRequest, step_job_ids
+from flows.submit import DEPLOYMENT, submit_segmentation
 from mlex_tomo.settings import StackSettings
 
-DEPLOYMENT = "segmentation/segmentation"
 SCAN_TAG = "scan:"
 ACTIVE_STATES = {StateType.SCHEDULED, StateType.PENDING, StateType.RUNNING, StateType.CANCELLING, StateType.PAUSED}
 FAILED_STATES = {StateType.FAILED, StateType.CRASHED}
@@ -116,18 +116,12 @@ def selected_run(shown: list[dict[str, Any]] | None, selected: str | None) -> Ru
 
 class SegmentationRuns:
     def __init__(self, settings: StackSettings) -> None:
+        self.settings = settings
         self.api_url = settings.prefect.resolved_api_url
         self.ui_url = settings.prefect.ui_url
 
     def start(self, scan: str, request: SegmentationRequest) -> str:
-        with SyncPrefectClient(self.api_url) as client:
-            deployment = client.read_deployment_by_name(DEPLOYMENT)
-            run = client.create_flow_run_from_deployment(
-                deployment.id,
-                parameters={"request": request.model_dump(mode="json", exclude_none=True)},
-                tags=["mlex-tomo", SCAN_TAG + scan],
-            )
-        return str(run.id)
+        return str(submit_segmentation(self.settings, request, tags=["mlex-tomo", SCAN_TAG + scan]).id)
 
     def recent(self, scan: str, limit: int = 8) -> list[RunSummary]:
         with SyncPrefectClient(self.api_url) as client:

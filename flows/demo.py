@@ -21,6 +21,7 @@ import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.segmentation import SegmentationRequest, step_job_ids
+from flows.submit import submit_segmentation
 from mlex_tomo.announce import announce
 from mlex_tomo.phantom import CLASS_NAMES, PhantomSpec
 from mlex_tomo.scan_simulator import simulate_scan
@@ -31,7 +32,6 @@ from mlex_tomo.tiled_names import MASKS, RECONS, RESULT_KEY, RESULTS, VOLUME_KEY
 from mlex_tomo.volume_writers import LABELS_DATASET, NXTOMOPROC_DATA_PATH
 from segmentation.metrics import confusion_matrix, iou_from_confusion
 
-DEPLOYMENT = "segmentation/segmentation"
 CLASS_COLOURS = ("#1f77b4", "#ff7f0e", "#2ca02c", "#d62728")
 POLL_SECONDS = 0.5
 SCORE_SLAB = 32  # slices of the result read at a time
@@ -155,12 +155,8 @@ def _segment(settings: StackSettings, options: LoopOptions, record: LoopRecord, 
         steps="train_and_infer", job_name=options.scan, data_uri=node_uri(settings, f"{RECONS}/{options.scan}"),
         mask_uri=mask_uri, model={"name": options.model}, device=options.device,
     )
+    run = submit_segmentation(settings, request, tags=["mlex-tomo", "demo", f"scan:{options.scan}"])
     with SyncPrefectClient(settings.prefect.resolved_api_url) as client:
-        deployment = client.read_deployment_by_name(DEPLOYMENT)
-        run = client.create_flow_run_from_deployment(
-            deployment.id, parameters={"request": request.model_dump(mode="json", exclude_none=True)},
-            tags=["mlex-tomo", "demo", f"scan:{options.scan}"],
-        )
         record.flow_run_id = str(run.id)
         record.job_ids = step_job_ids(request, str(run.id))
         record.tiled_nodes += [f"{RESULTS}/{job_id}" for job_id in record.job_ids.values()]

@@ -21,6 +21,7 @@ from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect.states import Cancelling
 from tiled.client import from_uri
 
+from flows.submit import DEPLOYMENT
 from mlex_tomo.phantom import PhantomSpec, generate
 from segmentation.metrics import mean_iou
 from mlex_tomo.scribbles import paint_scribbles
@@ -31,7 +32,6 @@ pytestmark = pytest.mark.stack
 PHANTOM = PhantomSpec(shape=(64, 96, 96), seed=3)
 LABELLED_SLICES = [20, 44]
 CLASSES = {str(index): {"label": name, "color": color} for index, (name, color) in enumerate([("void", "#000000"), ("matrix", "#8c8c8c"), ("inclusion", "#ffb000")])}
-DEPLOYMENT = "segmentation/segmentation"
 CANCEL_SECONDS = 5
 
 

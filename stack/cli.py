@@ -385,20 +385,19 @@ def _simulate_scan(settings: StackSettings, arguments: argparse.Namespace) -> in
 
 
 def _wait_until_served(settings: StackSettings, name: str, path: Path, timeout: float) -> str | None:
-    import httpx
+    """The scan's name once Tiled serves it from this file, or None after `timeout` seconds."""
+    from mlex_tomo.tiled_http import TiledError
+    from mlex_tomo.tiled_layout import connect_http
 
     deadline = time.monotonic() + timeout
-    url = node_uri(settings, f"{RECONS}/{name}")
-    while time.monotonic() < deadline:
-        try:
-            response = httpx.get(url, timeout=5)
-            if response.status_code == 200:
-                metadata = response.json()["data"]["attributes"]["metadata"]
-                if metadata.get("source_path") == str(path.resolve()):
+    with connect_http(settings) as tiled:
+        while time.monotonic() < deadline:
+            try:
+                if tiled.node(f"{RECONS}/{name}").metadata.get("source_path") == str(path.resolve()):
                     return name
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
+            except TiledError:
+                pass  # not registered yet, or Tiled busy: ask again
+            time.sleep(0.05)
     return None
 
 

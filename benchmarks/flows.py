@@ -56,8 +56,7 @@ def write_sample(settings: StackSettings) -> dict[str, str]:
     classes = {str(index): {"label": str(index), "color": "#000000"} for index in range(NUM_CLASSES)}
     masks = tiled["masks"].create_container("bench").create_container("scribbles")
     masks.write_array(labels, key="mask", metadata={"mask_idx": LABELLED_SLICES, "classes": classes})
-    base = f"{settings.tiled.base_url}/api/v1/metadata"
-    return {"data_uri": f"{base}/recons/bench", "mask_uri": f"{base}/masks/bench/scribbles/mask", "device": "cpu"}
+    return {"data": "recons/bench", "mask": "masks/bench/scribbles/mask", "device": "cpu"}
 
 
 async def deploy_baseline() -> None:
@@ -142,7 +141,7 @@ def main() -> None:
             if not train.state.is_completed():
                 raise SystemExit(f"training run ended {train.state.name}: {train.state.message}")
             trained_job_id = f"model-{str(train.id)[:8]}-train"
-            request = {"data_uri": sample["data_uri"], "device": "cpu", "steps": "infer", "trained_job_id": trained_job_id}
+            request = {"data": sample["data"], "device": "cpu", "steps": "infer", "trained_job_id": trained_job_id}
             asyncio.run(deploy_baseline())
             baseline_worker = start_baseline_worker(settings)
             ours = time_runs("segmentation/segmentation", request, arguments.runs, "fast")

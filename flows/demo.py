@@ -82,8 +82,8 @@ def run_loop(settings: StackSettings, options: LoopOptions, record: LoopRecord, 
     spec = PhantomSpec(shape=(options.size,) * 3, seed=11)
     truth_path = _timed(record, "simulate", lambda: _simulate(settings, options, spec, record), report)
     _timed(record, "ingest", lambda: _ingest(settings, options, record, truth_path), report)
-    mask_uri = _timed(record, "label", lambda: _label(settings, options, record, truth_path), report)
-    _timed(record, "segment", lambda: _segment(settings, options, record, mask_uri, report), report)
+    mask_path = _timed(record, "label", lambda: _label(settings, options, record, truth_path), report)
+    _timed(record, "segment", lambda: _segment(settings, options, record, mask_path, report), report)
     _timed(record, "score", lambda: _score(settings, record, truth_path), report)
 
 
@@ -144,16 +144,16 @@ def _label(settings: StackSettings, options: LoopOptions, record: LoopRecord, tr
     with connect_http(settings, writable=True) as tiled:
         path = write_mask(tiled, options.scan, slices, labels, classes, node_uri(settings, f"{RECONS}/{options.scan}"), "mlex-tomo demo")
     record.tiled_nodes.append(f"{MASKS}/{options.scan}")
-    return node_uri(settings, path)
+    return path
 
 
-def _segment(settings: StackSettings, options: LoopOptions, record: LoopRecord, mask_uri: str, report: Report) -> None:
+def _segment(settings: StackSettings, options: LoopOptions, record: LoopRecord, mask_path: str, report: Report) -> None:
     from prefect.client.orchestration import SyncPrefectClient
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId
 
     request = SegmentationRequest(
-        steps="train_and_infer", job_name=options.scan, data_uri=node_uri(settings, f"{RECONS}/{options.scan}"),
-        mask_uri=mask_uri, model={"name": options.model}, device=options.device,
+        steps="train_and_infer", job_name=options.scan, data=f"{RECONS}/{options.scan}", mask=mask_path,
+        model={"name": options.model}, device=options.device,
     )
     run = submit_segmentation(settings, request, tags=["mlex-tomo", "demo", f"scan:{options.scan}"])
     with SyncPrefectClient(settings.prefect.resolved_api_url) as client:

@@ -24,19 +24,28 @@ from prefect import flow, get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.artifacts import create_link_artifact, create_progress_artifact, create_table_artifact, update_progress_artifact
 from prefect.runtime import flow_run
-from pydantic import AnyHttpUrl, BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from flows.job_runner import run_launched_job, stop_when_the_parent_dies
 from flows.leftovers import process_identity
 from flows.launchers import ContainerLauncher, JobResources, Launcher, LauncherName, ProcessLauncher, node_has_gpus
 from mlex_tomo.settings import StackSettings, load_settings
-from mlex_tomo.tiled_layout import node_uri
 from mlex_tomo.tiled_names import RESULTS
+from mlex_tomo.validation import validation_problems
 from segmentation.models import ModelParameters
-from segmentation.parameters import JOB_ID_PATTERN, Device, JobParameters
+from segmentation.parameters import JOB_ID_PATTERN, Device, JobParameters, Task
 from segmentation.progress import STAGE_LABELS
 
 JOB_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,47}$"
+# A node of the Tiled tree by its path from the root, e.g. recons/k11-37086 (no "..", no scheme or host).
+NODE_PATH_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*$"
+Step = Literal["train", "infer"]
+STEPS = {"train": ("train",), "infer": ("infer",), "train_and_infer": ("train", "infer")}
+# What each step runs: training also segments the labelled slices, a check of the labels.
+STEP_TASKS: dict[Step, Task] = {"train": "train_infer", "infer": "infer"}
+CHECKING_TILED_URL = "http://tiled.invalid:8000"  # stands in for the worker's Tiled while a request is validated
+# The job's names for the request's fields, in what a refused request is told.
+REQUEST_FIELD_NAMES = {"data_uri": "data", "mask_uri": "mask"}
 PROGRESS_UPDATE_SECONDS = 1.0
 EPOCH_TABLE_UPDATE_SECONDS = 5.0  # each update is a new artifact version: often enough for a live loss plot
 TRAINING_SHARE = 0.8  # of a train-and-segment job's progress bar
@@ -55,14 +64,20 @@ class ResourceRequest(BaseModel):
 
 
 class SegmentationRequest(BaseModel):
-    """What the UI (or a script) asks for; everything else comes from the worker's settings."""
+    """What the web app (or a script) asks for; everything else comes from the worker's settings.
+
+    Nodes are named by their path in the Tiled tree: which Tiled server is the
+    worker's, so a scan is the same scan whatever address the web app used. The rules
+    a request must follow are the job's own (`JobParameters`), checked on the job
+    parameters each step would run with.
+    """
 
     model_config = ConfigDict(extra="forbid")
 
     steps: Literal["train", "infer", "train_and_infer"] = "train"
     job_name: str = Field(default="segmentation", pattern=JOB_NAME_PATTERN, description="Prefix of the job ids.")
-    data_uri: AnyHttpUrl
-    mask_uri: AnyHttpUrl | None = None
+    data: str = Field(pattern=NODE_PATH_PATTERN, description="The volume's node, e.g. recons/<scan>.")
+    mask: str | None = Field(default=None, pattern=NODE_PATH_PATTERN, description="The sparse mask's node: masks/<scan>/<mask_id>.")
     model: ModelParameters | None = None
     trained_job_id: str | None = Field(default=None, pattern=JOB_ID_PATTERN)
     device: Device = "auto"
@@ -71,19 +86,36 @@ class SegmentationRequest(BaseModel):
     resources: ResourceRequest = ResourceRequest()
 
     @model_validator(mode="after")
-    def _steps_have_what_they_need(self) -> SegmentationRequest:
-        if self.steps == "infer":
-            if self.trained_job_id is None:
-                raise ValueError("steps 'infer' needs trained_job_id: the job whose model to use")
-            if self.model is not None:
-                raise ValueError("steps 'infer' takes its model from trained_job_id; remove 'model'")
-        else:
-            missing = [name for name in ("mask_uri", "model") if getattr(self, name) is None]
-            if missing:
-                raise ValueError(f"steps {self.steps!r} needs {' and '.join(missing)}")
-            if self.trained_job_id is not None:
-                raise ValueError(f"trained_job_id is only for steps 'infer', not {self.steps!r}")
+    def _each_step_is_a_valid_job(self) -> SegmentationRequest:
+        trained_job_id = self.trained_job_id
+        for step in STEPS[self.steps]:
+            try:
+                self.job_parameters(step, job_id=f"check-{step}", trained_job_id=trained_job_id, tiled_url=CHECKING_TILED_URL, models_dir=Path("models"))
+            except ValidationError as error:
+                problems = "; ".join(validation_problems(error, whole="job"))
+                for job_name, request_name in REQUEST_FIELD_NAMES.items():
+                    problems = re.sub(rf"\b{job_name}\b", request_name, problems)
+                raise ValueError(f"step {step!r}: {problems}") from None
+            trained_job_id = f"check-{step}"
         return self
+
+    def job_parameters(self, step: Step, job_id: str, trained_job_id: str | None, tiled_url: str, models_dir: Path) -> JobParameters:
+        """The parameters file of one step's job, its nodes on the Tiled at `tiled_url`."""
+        metadata = f"{tiled_url.rstrip('/')}/api/v1/metadata"
+        return JobParameters(
+            task=STEP_TASKS[step],
+            job_id=job_id,
+            data_uri=f"{metadata}/{self.data}",
+            mask_uri=None if self.mask is None else f"{metadata}/{self.mask}",
+            result_uri=f"{metadata}/{RESULTS}",
+            # Only a request that trains gives a model; one that only infers must not.
+            model=self.model if step == "train" or self.steps == "infer" else None,
+            trained_job_id=trained_job_id,
+            models_dir=models_dir,
+            device=self.device,
+            uncertainty=self.uncertainty,
+            slices="labelled" if step == "train" else "all",
+        )
 
 
 class StepOutcome(BaseModel):
@@ -98,8 +130,7 @@ class SegmentationFailed(RuntimeError):
 
 def step_job_ids(request: SegmentationRequest, flow_run_id: str) -> dict[str, str]:
     """Step ("train", "infer") -> the job id it runs under, which is also its result's key in Tiled."""
-    steps = {"train": ["train"], "infer": ["infer"], "train_and_infer": ["train", "infer"]}[request.steps]
-    return {step: f"{request.job_name}-{str(flow_run_id)[:8]}-{step}" for step in steps}
+    return {step: f"{request.job_name}-{str(flow_run_id)[:8]}-{step}" for step in STEPS[request.steps]}
 
 
 @flow(name="segmentation")
@@ -108,10 +139,10 @@ def segmentation(request: SegmentationRequest) -> list[StepOutcome]:
     job_ids = step_job_ids(request, str(flow_run.id or "local"))
     outcomes = []
     if "train" in job_ids:
-        outcomes.append(run_step(request, job_ids["train"], "train_infer", None))
+        outcomes.append(run_step(request, "train", job_ids["train"], None))
     if "infer" in job_ids:
         model_job = request.trained_job_id if request.steps == "infer" else outcomes[-1].job_id
-        outcomes.append(run_step(request, job_ids["infer"], "infer", model_job))
+        outcomes.append(run_step(request, "infer", job_ids["infer"], model_job))
     if outcomes[-1].result_uri:
         create_link_artifact(
             key="segmentation-result",
@@ -123,35 +154,18 @@ def segmentation(request: SegmentationRequest) -> list[StepOutcome]:
 
 
 @task(name="segmentation-job", cache_policy=NO_CACHE)
-def run_step(
-    request: SegmentationRequest,
-    job_id: str,
-    task_name: Literal["train_infer", "infer"],
-    trained_job_id: str | None,
-) -> StepOutcome:
+def run_step(request: SegmentationRequest, step: Step, job_id: str, trained_job_id: str | None) -> StepOutcome:
     """One job, from the worker's settings (which hold the secrets, so they are never a parameter)."""
     logger = get_run_logger()
     settings = load_settings()
-    parameters = JobParameters(
-        task=task_name,
-        job_id=job_id,
-        data_uri=request.data_uri,
-        mask_uri=request.mask_uri,
-        result_uri=node_uri(settings, RESULTS),
-        model=request.model if task_name == "train_infer" else None,
-        trained_job_id=trained_job_id,
-        models_dir=settings.models_path,
-        device=request.device,
-        uncertainty=request.uncertainty,
-        slices="labelled" if task_name == "train_infer" else "all",
-    )
+    parameters = request.job_parameters(step, job_id, trained_job_id, settings.tiled.base_url, settings.models_path)
     parameters_file = write_parameters(parameters, settings.jobs_path)
     settings.models_path.mkdir(parents=True, exist_ok=True)  # containers mount it, so it must exist
     launch = launcher_for(request, settings).launch(
         job_id, parameters_file, settings.models_path, resources_for(request, settings), job_secrets(settings)
     )
     logger.info("launching job %s with %s", job_id, launch.command[0])
-    progress = ProgressReporter(job_id, task_name)
+    progress = ProgressReporter(job_id, parameters.task)
     exit_status = run_launched_job(
         launch,
         on_event=progress.handle,

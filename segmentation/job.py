@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import numpy as np
 import torch
@@ -109,8 +110,9 @@ def run_job(parameters: JobParameters, progress: ProgressCallback) -> JobOutcome
             )
         else:
             model, folder = stored.model, store.folder(trained_job_id)
-            if stored.description.get("data_uri") != str(parameters.data_uri):
-                # Another scan: map its own robust range onto what the model saw in training.
+            if _node_path(stored.description.get("data_uri", "")) != _node_path(str(parameters.data_uri)):
+                # Another scan (a scan is its node, whichever address reached it): map its own
+                # robust range onto what the model saw in training.
                 model = with_normalization(model, volume_range(volume))
             metrics = held_out_metrics(model.held_out)  # the stored model's own score, from its training
         if writer is not None:
@@ -348,3 +350,7 @@ def segment_with_forest(
                 "eta_seconds": elapsed / done * (len(slices) - done),
             }
         )
+
+
+def _node_path(uri: str) -> str:
+    return urlsplit(uri).path.rstrip("/")

@@ -68,13 +68,7 @@ def write_sample(settings) -> np.ndarray:
 
 
 def request(stack, **fields) -> dict:
-    base = f"{stack.settings.tiled.base_url}/api/v1/metadata"
-    return {
-        "data_uri": f"{base}/recons/phantom",
-        "mask_uri": f"{base}/masks/phantom/scribbles/mask",
-        "device": "cpu",
-        **fields,
-    }
+    return {"data": "recons/phantom", "mask": "masks/phantom/scribbles/mask", "device": "cpu", **fields}
 
 
 def run(stack, parameters: dict, timeout: float | None = 300):

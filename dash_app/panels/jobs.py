@@ -20,7 +20,6 @@ from dash_app import model_form
 from dash_app.runs import RunSummary, SegmentationRuns, selected_run, summaries_from_store
 from flows.segmentation import SegmentationRequest
 from mlex_tomo.settings import StackSettings
-from mlex_tomo.tiled_layout import node_uri
 from mlex_tomo.tiled_names import RECONS
 
 NOTIFICATIONS_KEPT = 5
@@ -111,8 +110,7 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
         if mask_path is None or len(painted - {None}) < 2:
             return "Paint at least two classes first: a model learns to tell them apart.", no_update
         request = SegmentationRequest(
-            steps="train", job_name=job_name_for(scan), data_uri=node_uri(settings, f"{RECONS}/{scan}"),
-            mask_uri=node_uri(settings, mask_path), model=parameters,
+            steps="train", job_name=job_name_for(scan), data=f"{RECONS}/{scan}", mask=mask_path, model=parameters,
         )
         return start(scan, request)
 
@@ -130,8 +128,7 @@ def register_callbacks(app: Dash, settings: StackSettings) -> None:
         if chosen is None:
             return "Train a model first (or select a finished training job).", no_update
         request = SegmentationRequest(
-            steps="infer", job_name=job_name_for(scan), data_uri=node_uri(settings, f"{RECONS}/{scan}"),
-            trained_job_id=chosen.job_ids["train"],
+            steps="infer", job_name=job_name_for(scan), data=f"{RECONS}/{scan}", trained_job_id=chosen.job_ids["train"],
         )
         return start(scan, request)
 

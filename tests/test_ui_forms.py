@@ -9,7 +9,15 @@ import pytest
 from dash_app.annotations import Annotations, ClassInfo
 from dash_app.model_form import MODELS, form_fields, parameters_from_form, render
 from dash_app.address import AddressedView, view_from_address
-from dash_app.panels.annotate import moved_in_history, with_class_changed, with_new_class, with_strokes, without_class
+from dash_app.panels.annotate import (
+    moved_in_history,
+    recorded,
+    with_class_changed,
+    with_history_edit,
+    with_new_class,
+    with_strokes,
+    without_class,
+)
 from dash_app.panels.jobs import job_name_for
 from flows.segmentation import JOB_NAME_PATTERN
 
@@ -112,16 +120,41 @@ def test_job_names_from_any_scan_key_fit_the_flows_pattern(scan, expected):
 
 
 def test_undo_and_redo_walk_the_history_both_ways():
-    first, second, third = ({"step": number} for number in (1, 2, 3))
-    history = {"past": [first, second], "future": []}
+    classes = {"0": {"label": "pore", "color": "#000000"}, "1": {"label": "rock", "color": "#ffffff"}}
+    first = {"scan": "s", "classes": classes, "strokes": []}
+    second = {**first, "strokes": [{"stroke": 1, "class_id": 0}]}
+    third = {**first, "strokes": [{"stroke": 1, "class_id": 0}, {"stroke": 2, "class_id": 1}]}
+    history = recorded(recorded({"past": [], "future": []}, first, second), second, third)
     shown, history = moved_in_history(history, third, "undo")
-    assert shown == second and history == {"past": [first], "future": [third]}
+    assert shown == second
     shown, history = moved_in_history(history, shown, "undo")
-    assert shown == first and history == {"past": [], "future": [third, second]}
+    assert shown == first
     with pytest.raises(LookupError, match="Nothing to undo"):
         moved_in_history(history, shown, "undo")
     shown, history = moved_in_history(history, shown, "redo")
-    assert shown == second and history == {"past": [first], "future": [third]}
+    assert shown == second
+    shown, history = moved_in_history(history, shown, "redo")
+    assert shown == third and history["future"] == []
+
+
+def test_a_strokes_undo_entry_holds_no_copy_of_the_strokes_before_it():
+    classes = {"0": {"label": "pore", "color": "#000000"}}
+    many = {"scan": "s", "classes": classes, "strokes": [{"stroke": index, "class_id": 0} for index in range(500)]}
+    one_more = {**many, "strokes": [*many["strokes"], {"stroke": 500, "class_id": 0}]}
+    entry = recorded({"past": [], "future": []}, many, one_more)["past"][0]
+    assert entry == {"classes": classes, "kept": 500, "strokes": []}
+    assert with_history_edit(one_more, entry) == many
+
+
+def test_deleting_a_class_is_undone_with_its_strokes_in_their_places():
+    classes = {"0": {"label": "pore", "color": "#000000"}, "1": {"label": "rock", "color": "#ffffff"}}
+    strokes = [{"stroke": index, "class_id": index % 2} for index in range(6)]
+    before = {"scan": "s", "classes": classes, "strokes": strokes}
+    after = {"scan": "s", "classes": {"0": classes["0"]}, "strokes": [stroke for stroke in strokes if stroke["class_id"] == 0]}
+    history = recorded({"past": [], "future": []}, before, after)
+    shown, history = moved_in_history(history, after, "undo")
+    assert shown == before
+    assert moved_in_history(history, shown, "redo")[0] == after
 
 
 @pytest.mark.parametrize(

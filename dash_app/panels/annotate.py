@@ -105,12 +105,37 @@ def with_strokes(annotations: Annotations, pending: list[dict[str, Any]], applie
     return updated, max(entry["seq"] for entry in fresh), refused
 
 
+def history_edit(after: dict, before: dict) -> dict:
+    """What turns the annotations `after` back into `before`, compactly.
+
+    Strokes are only ever appended, or removed with their class, so `before` is `after`'s
+    strokes up to the first that differs, then its own: a stroke's undo entry holds the
+    stroke count and the classes, not a copy of every stroke painted so far.
+    """
+    kept = 0
+    for stroke_after, stroke_before in zip(after["strokes"], before["strokes"]):
+        if stroke_after != stroke_before:
+            break
+        kept += 1
+    return {"classes": before["classes"], "kept": kept, "strokes": before["strokes"][kept:]}
+
+
+def with_history_edit(current: dict, edit: dict) -> dict:
+    return {**current, "classes": edit["classes"], "strokes": current["strokes"][: edit["kept"]] + edit["strokes"]}
+
+
+def recorded(history: dict[str, list], before: dict, after: dict) -> dict[str, list]:
+    """The history once `before` became `after` by an edit: undoable, and nothing left to redo."""
+    return {"past": [*history["past"], history_edit(after, before)][-HISTORY_LIMIT:], "future": []}
+
+
 def moved_in_history(history: dict[str, list], current: dict, step: str) -> tuple[dict, dict[str, list]]:
     """(the state to show, the history after it) for an `undo` or a `redo` from `current`."""
     source, target = ("past", "future") if step == "undo" else ("future", "past")
     if not history[source]:
         raise LookupError(f"Nothing to {step}.")
-    return history[source][-1], {source: history[source][:-1], target: [*history[target], current]}
+    shown = with_history_edit(current, history[source][-1])
+    return shown, {source: history[source][:-1], target: [*history[target], history_edit(shown, current)]}
 
 
 def with_new_class(annotations: Annotations, name: str | None, colour: str | None) -> Annotations:
@@ -207,8 +232,8 @@ def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClien
         painted, applied_now, refused = with_strokes(annotations, pending, applied)
         refusal = f" A stroke was refused: {'; '.join(refused)}." if refused else ""
         if painted.strokes != annotations.strokes:
-            history = {"past": [*history["past"], current][-HISTORY_LIMIT:], "future": []}
-            current = painted.model_dump(mode="json")
+            painted_state = painted.model_dump(mode="json")
+            history, current = recorded(history, current, painted_state), painted_state
         if trigger in ("undo", "redo"):
             try:
                 restored, history = moved_in_history(history, current, trigger)
@@ -223,7 +248,7 @@ def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClien
                 updated = change()
             except ValueError as error:
                 return no_update, no_update, no_update, no_update, str(error)
-            history = {"past": [*history["past"], current][-HISTORY_LIMIT:], "future": []}
+            history = recorded(history, current, updated.model_dump(mode="json"))
         elif applied_now == applied:
             return no_update, no_update, no_update, no_update, no_update
         else:

@@ -14,9 +14,10 @@ from flask import Flask, Response, request
 
 from dash_app.masks import MaskOverlays
 from dash_app.results import ResultOverlays
-from dash_app.panels import annotate, jobs, scans, status, viewer
+from dash_app.panels import annotate, job_list, jobs, notifications, scans, status, viewer
 from dash_app.panels import results as results_panel
 from dash_app.routes import slice_routes
+from dash_app.runs import SegmentationRuns
 from dash_app.volumes import ScanLibrary
 from mlex_tomo.settings import StackSettings
 from mlex_tomo.tiled_layout import connect_http
@@ -46,7 +47,7 @@ def create_app(settings: StackSettings) -> Dash:
                     html.Aside(className="sidebar jobs-column", children=[jobs.layout(settings), results_panel.layout()]),
                 ],
             ),
-            jobs.notifications_layout(),
+            notifications.layout(),
             dcc.Store(id="display-defaults"),
             dcc.Location(id="address", refresh=False),  # the view, written by assets/view_address.js
         ],
@@ -55,7 +56,10 @@ def create_app(settings: StackSettings) -> Dash:
     viewer.register_callbacks(app, library)
     annotate.register_callbacks(app, settings, tiled)
     status.register_callbacks(app, settings)
-    jobs.register_callbacks(app, settings)
+    runs = SegmentationRuns(settings)
+    jobs.register_callbacks(app, runs)
+    job_list.register_callbacks(app, runs)
+    notifications.register_callbacks(app)
     results_panel.register_callbacks(app, results)
     return app
 

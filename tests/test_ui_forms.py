@@ -10,6 +10,7 @@ from dash_app.annotations import Annotations, ClassInfo
 from dash_app.model_form import MODELS, form_fields, parameters_from_form, render
 from dash_app.address import AddressedView, view_from_address
 from dash_app.panels.annotate import (
+    edited_annotations,
     moved_in_history,
     recorded,
     with_class_changed,
@@ -19,6 +20,7 @@ from dash_app.panels.annotate import (
     without_class,
 )
 from dash_app.panels.jobs import job_name_for
+from dash_app.panels.notifications import failure_notes
 from flows.segmentation import JOB_NAME_PATTERN
 
 
@@ -170,3 +172,42 @@ def test_deleting_a_class_is_undone_with_its_strokes_in_their_places():
 )
 def test_the_address_names_a_view_or_none(search, expected):
     assert view_from_address(search) == expected
+
+
+def run_row(run_id: str, state_type: str, message: str | None = None) -> dict:
+    return {
+        "id": run_id, "name": f"run-{run_id}", "scan": "s", "state": state_type.title(), "state_type": state_type,
+        "message": message, "created": None, "started": None, "ended": None, "steps": "train", "model": "TUNet",
+        "job_ids": {"train": f"s-{run_id}-train"}, "progress": None, "epochs": [], "log_lines": [], "prefect_url": "http://p",
+    }
+
+
+def test_only_runs_that_fail_while_the_page_is_open_are_notified():
+    before = [run_row("a", "FAILED", "old"), run_row("b", "RUNNING")]
+    known, notes = failure_notes(before, None)
+    assert (known, notes) == (["a"], [])  # failed before the page was opened: listed, not notified
+    now = [run_row("a", "FAILED", "old"), run_row("b", "CRASHED", "out of memory")]
+    known, notes = failure_notes(now, known)
+    assert known == ["a", "b"] and [(note["id"], note["message"]) for note in notes] == [("b", "out of memory")]
+    assert failure_notes(now, known) == (["a", "b"], [])
+    assert failure_notes([{"error": "Prefect unreachable"}], known) == (None, [])
+
+
+def test_an_undo_pressed_as_a_stroke_arrives_undoes_that_stroke():
+    start = annotations().model_dump(mode="json")
+    empty = {"past": [], "future": []}
+    updated, history, applied, refused = edited_annotations("undo", start, empty, [pending(1)], 0, None, None, None)
+    assert updated.model_dump(mode="json") == start and applied == 1 and refused == []
+    redone, _, _, _ = edited_annotations("redo", start, history, [pending(1)], applied, None, None, None)
+    assert len(redone.strokes) == len(annotations().strokes) + 1
+
+
+def test_nothing_new_is_no_edit_and_a_refused_class_change_says_why():
+    start = annotations().model_dump(mode="json")
+    empty = {"past": [], "future": []}
+    assert edited_annotations(None, start, empty, [pending(1)], 1, None, None, None) is None
+    with pytest.raises(LookupError, match="Nothing to undo"):
+        edited_annotations("undo", start, empty, [], 0, None, None, None)
+    one_class = without_class(annotations(), 1).model_dump(mode="json")
+    with pytest.raises(ValueError, match="Keep at least one class"):
+        edited_annotations("delete-class", one_class, empty, [], 0, 0, None, None)

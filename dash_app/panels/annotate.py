@@ -138,6 +138,37 @@ def moved_in_history(history: dict[str, list], current: dict, step: str) -> tupl
     return shown, {source: history[source][:-1], target: [*history[target], history_edit(shown, current)]}
 
 
+def edited_annotations(
+    trigger: str | None, current: dict, history: dict[str, list], pending: list[dict[str, Any]], applied: int,
+    class_id: int | None, name: str | None, colour: str | None,
+) -> tuple[Annotations, dict[str, list], int, list[str]] | None:
+    """(the annotations to save, the history, the newest stroke applied, why strokes were refused), or None for no change.
+
+    Strokes that arrived are applied first, whatever the trigger: an undo or a class
+    change then acts on what is on screen. Raises LookupError (nothing to undo or redo)
+    or ValueError (a class change refused) with the reason.
+    """
+    annotations = Annotations.model_validate(current)
+    painted, applied_now, refused = with_strokes(annotations, pending, applied)
+    if painted.strokes != annotations.strokes:
+        painted_state = painted.model_dump(mode="json")
+        history, current = recorded(history, current, painted_state), painted_state
+    if trigger in ("undo", "redo"):
+        restored, history = moved_in_history(history, current, trigger)
+        return Annotations.model_validate(restored), history, applied_now, refused
+    if trigger in ("add-class", "update-class", "delete-class"):
+        change = {
+            "add-class": lambda: with_new_class(painted, name, colour),
+            "update-class": lambda: with_class_changed(painted, class_id, name, colour),
+            "delete-class": lambda: without_class(painted, class_id),
+        }[trigger]
+        updated = change()
+        return updated, recorded(history, current, updated.model_dump(mode="json")), applied_now, refused
+    if applied_now == applied:
+        return None
+    return painted, history, applied_now, refused
+
+
 def with_new_class(annotations: Annotations, name: str | None, colour: str | None) -> Annotations:
     """A new class; a colour already taken (the form starts with the chosen class's) gives way to a free one."""
     updated = annotations.model_copy(deep=True)
@@ -227,39 +258,20 @@ def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClien
     def edit(pending, undo, redo, add, update, delete, current, history, applied, class_id, name, colour):
         if current is None:
             return no_update, no_update, no_update, no_update, "Pick a scan first."
-        trigger, applied = ctx.triggered_id, applied or 0
-        annotations = Annotations.model_validate(current)
-        painted, applied_now, refused = with_strokes(annotations, pending, applied)
-        refusal = f" A stroke was refused: {'; '.join(refused)}." if refused else ""
-        if painted.strokes != annotations.strokes:
-            painted_state = painted.model_dump(mode="json")
-            history, current = recorded(history, current, painted_state), painted_state
-        if trigger in ("undo", "redo"):
-            try:
-                restored, history = moved_in_history(history, current, trigger)
-            except LookupError as error:
-                return no_update, no_update, no_update, no_update, str(error)
-            updated = Annotations.model_validate(restored)
-        elif trigger in ("add-class", "update-class", "delete-class"):
-            change = {"add-class": lambda: with_new_class(painted, name, colour),
-                      "update-class": lambda: with_class_changed(painted, class_id, name, colour),
-                      "delete-class": lambda: without_class(painted, class_id)}[trigger]
-            try:
-                updated = change()
-            except ValueError as error:
-                return no_update, no_update, no_update, no_update, str(error)
-            history = recorded(history, current, updated.model_dump(mode="json"))
-        elif applied_now == applied:
+        try:
+            edited = edited_annotations(ctx.triggered_id, current, history, pending, applied or 0, class_id, name, colour)
+        except (LookupError, ValueError) as error:  # nothing to undo, the last class, ...
+            return no_update, no_update, no_update, no_update, str(error)
+        if edited is None:
             return no_update, no_update, no_update, no_update, no_update
-        else:
-            updated = painted
+        updated, history, applied_now, refused = edited
+        refusal = f" A stroke was refused: {'; '.join(refused)}." if refused else ""
         try:
             path = save(updated)
         except RuntimeError as error:  # Tiled refused or is down, or there is no API key to write with
             status = f"{painted_summary(updated)}, NOT saved ({error}). They are kept here and saved with the next change."
             return updated.model_dump(mode="json"), history, no_update, applied_now, status
-        status = f"{painted_summary(updated)}, saved.{refusal}"
-        return updated.model_dump(mode="json"), history, path, applied_now, status
+        return updated.model_dump(mode="json"), history, path, applied_now, f"{painted_summary(updated)}, saved.{refusal}"
 
     @app.callback(
         Output("active-class", "options"), Output("active-class", "value"),

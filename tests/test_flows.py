@@ -114,7 +114,7 @@ def test_train_and_infer_completes_with_labels_in_tiled_progress_and_no_secret_a
 
 
 def test_a_failing_job_fails_the_run_with_its_last_words(stack):
-    flow_run = run(stack, request(stack, steps="infer", mask_uri=None, trained_job_id="never-trained"))
+    flow_run = run(stack, request(stack, steps="infer", mask=None, trained_job_id="never-trained"))
     assert flow_run.state.is_failed()
     assert "exited with code 3: no model stored for job 'never-trained'" in flow_run.state.message
     logs, _, _ = read_run_records(stack, flow_run.id)

@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -436,3 +437,19 @@ def test_app_image_serves_the_shipped_tiled_config_and_holds_no_torch():
     dependencies = tomllib.loads((REPOSITORY / "pyproject.toml").read_text())["project"]["dependencies"]
     assert not any(dependency.startswith("torch") for dependency in dependencies)
     assert not any("[segmentation" in i.arguments or "torch" in i.arguments for i in instructions if i.keyword == "RUN")
+
+
+def test_the_installed_package_holds_the_files_the_services_read(tmp_path):
+    """The app image runs the installed package, not the checkout: the web app's scripts and Tiled's config must be in it."""
+    source = tmp_path / "source"  # a clean copy: a build/ folder left in the checkout would hide what is missing
+    shutil.copytree(REPOSITORY, source, ignore=shutil.ignore_patterns(".*", "build", "*.egg-info", "__pycache__", "data", "docs", "tests", "benchmarks"))
+    built = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--quiet", "--wheel-dir", str(tmp_path), str(source)],
+        capture_output=True, text=True, timeout=300, check=False,
+    )
+    assert built.returncode == 0, built.stderr
+    (wheel,) = tmp_path.glob("mlex_tomo-*.whl")
+
+    names = set(zipfile.ZipFile(wheel).namelist())
+    needed = {f"dash_app/assets/{path.name}" for path in (REPOSITORY / "dash_app" / "assets").iterdir()} | {"tiled_config/config.yml"}
+    assert needed - names == set(), "missing from the wheel: add them to [tool.setuptools.package-data]"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -31,6 +32,8 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+import httpx
 
 from tests.compose.base_images import build_offline_base_images, registry_reachable
 
@@ -133,8 +136,11 @@ def prepare_data_dir(data_dir: Path, environment: dict[str, str]) -> None:
 
 
 @contextmanager
-def docker_api_socket(work: Path, environment: dict[str, str]) -> Iterator[Path]:
-    """podman's Docker API as `podman system service` serves it without systemd; made group-accessible as the guide says."""
+def docker_api_socket(work: Path, environment: dict[str, str], keep: bool) -> Iterator[Path]:
+    """podman's Docker API as `podman system service` serves it without systemd; made group-accessible as the guide says.
+
+    With `keep` it stays up after the run: the kept worker starts its jobs through it.
+    """
     path = work / "podman.sock"
     service = subprocess.Popen(
         ["podman", "system", "service", "--time=0", f"unix://{path}"], env=environment,
@@ -149,8 +155,11 @@ def docker_api_socket(work: Path, environment: dict[str, str]) -> Iterator[Path]
         path.chmod(0o660)
         yield path
     finally:
-        os.killpg(service.pid, signal.SIGTERM)
-        service.wait(timeout=30)
+        if keep:
+            print(f"kept: podman system service (pid {service.pid}) on {path}")
+        else:
+            os.killpg(service.pid, signal.SIGTERM)
+            service.wait(timeout=30)
 
 
 def container_of(service: str, environment: dict[str, str]) -> str:
@@ -211,6 +220,23 @@ class JobImageWatch:
             self.images.update(listed.stdout.split())
 
 
+def web_app_problems(values: dict[str, str]) -> list[str]:
+    """The page as a browser gets it through the published port, with the login: it must load the viewer's scripts."""
+    base = f"http://127.0.0.1:{values['UI_HOST_PORT']}"
+    login = (values["MLEX_TOMO_UI__USERNAME"], values["MLEX_TOMO_UI__PASSWORD"])
+    problems = []
+    if httpx.get(base, timeout=30).status_code != 401:
+        problems.append("the web app answers without the login")
+    page = httpx.get(base, auth=login, timeout=30)
+    for asset in ("viewer.js", "keyboard.js", "style.css"):
+        link = re.search(rf'"(/assets/{re.escape(asset)}[^"]*)"', page.text)
+        if link is None:
+            problems.append(f"the web app's page does not load {asset}")
+        elif httpx.get(base + link.group(1), auth=login, timeout=30).status_code != 200:
+            problems.append(f"the web app does not serve {link.group(1)}")
+    return problems
+
+
 def secrets_in_logs(values: dict[str, str], environment: dict[str, str]) -> list[str]:
     secret_names = [name for name in values if name.endswith(("PASSWORD", "API_KEY"))]
     found = []
@@ -239,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
             images = {} if registry_reachable() else build_offline_base_images(report=lambda line: print(f"   {line}", flush=True))
         data_dir = work / "data"
         prepare_data_dir(data_dir, environment)
-        with docker_api_socket(work, environment) as docker_socket:
+        with docker_api_socket(work, environment, arguments.keep) as docker_socket:
             env_file, values = write_env_file(work, data_dir, docker_socket, images)
             compose.append(str(env_file))
             with stages.stage("app image (podman-compose build)"):
@@ -262,6 +288,10 @@ def main(argv: list[str] | None = None) -> int:
             if not watch.images & {JOB_IMAGE, job_image_id, job_image_id[:12]}:
                 raise StageFailed(f"no job container of {JOB_IMAGE} was seen; job containers seen: {sorted(watch.images) or 'none'}")
             print(f"   the job ran in {JOB_IMAGE}", flush=True)
+            web_app = web_app_problems(values)
+            if web_app:
+                raise StageFailed("; ".join(web_app))
+            print("   the web app serves its page with its scripts and style", flush=True)
             leaks = secrets_in_logs(values, environment)
             if leaks:
                 raise StageFailed("; ".join(leaks))

@@ -364,3 +364,19 @@ def test_a_save_arriving_while_the_next_stroke_is_drawn_keeps_that_stroke_whole(
     labels = masks[masks.metadata["current_annotation"]["mask_id"]]["mask"].read()[0]
     painted_columns = np.flatnonzero(labels[50] != -1)
     assert painted_columns.min() <= 10 and painted_columns.max() >= 54, painted_columns
+
+
+def test_a_stroke_keeps_the_class_chosen_when_it_began_whatever_key_follows(page, services):
+    """A class key pressed as the mouse is released must not recolour the stroke just drawn."""
+    write_scan(services.tiled(writable=True), "quickkeys", "2026-11-23T00:30:00+00:00")
+    page.reload()
+    pick_scan(page, "quickkeys (64 x 64 x 64, float32)")
+    expect(page.locator("#slice-label")).to_have_text("z = 32 / 63")
+    page.keyboard.press("1")
+    expect(page.locator("#active-class input").nth(0)).to_be_checked()
+    paint_on_slice(page, (8, 20), (56, 20))
+    page.keyboard.press("2")  # at once, before the stroke's callback has run
+    expect(page.locator("#annotation-status")).to_have_text("1 stroke on 1 slice, saved.")
+    masks = services.tiled()["masks"]["quickkeys"]
+    labels = masks[masks.metadata["current_annotation"]["mask_id"]]["mask"].read()[0]
+    assert set(np.unique(labels[20])) == {-1, 0}, "the stroke took the class chosen after it"

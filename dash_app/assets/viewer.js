@@ -53,8 +53,8 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       return { scan: defaults.scan, axis: axis, width: Math.abs(x[1] - x[0]), height: Math.abs(y[1] - y[0]) };
     },
 
-    // A finished shape becomes a stroke now, with the tool and class chosen now: the
-    // server may still be saving the previous one (see dash_app/panels/annotate.py).
+    // A finished shape becomes a stroke now, with the tool and class chosen when it began
+    // (strokeBegan): the server may still be saving the previous one (dash_app/panels/annotate.py).
     captureStroke: function (relayout, pending, applied, tool, activeClass, brushSize, index, axis, defaults) {
       const shapes = relayout && relayout.shapes;
       if (!shapes || !shapes.length || !defaults) {
@@ -68,7 +68,9 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
         redrawNow();  // drops the refused shape; Plotly's redraw for it showed the figure Dash last sent
         return window.dash_clientside.no_update;
       }
-      const stroke = strokeFromShape(shapes[shapes.length - 1], tool, activeClass, brushSize);
+      const began = strokeBegan || { classId: activeClass, tool: tool };
+      strokeBegan = null;
+      const stroke = strokeFromShape(shapes[shapes.length - 1], began.tool, began.classId, brushSize);
       if (!stroke) {
         return window.dash_clientside.no_update;
       }
@@ -293,6 +295,18 @@ document.addEventListener("input", function (event) {
     showSlice(Number(event.target.value));
   }
 });
+
+// A stroke is painted with the class and tool chosen when it began: a key pressed as the
+// mouse is released changes the choice before the stroke's callback reads it.
+let strokeBegan = null;
+document.addEventListener("pointerdown", function (event) {
+  if (event.target.closest && event.target.closest("#slice-view")) {
+    const chosen = (id) => document.querySelector(`#${id} input:checked`);
+    const activeClass = chosen("active-class");
+    const tool = chosen("tool");
+    strokeBegan = activeClass && tool ? { classId: Number(activeClass.value), tool: tool.value } : null;
+  }
+}, true);
 
 // Whatever else the user does may run a callback that reads the slice: Dash learns it first.
 document.addEventListener("pointerdown", function (event) {

@@ -236,6 +236,11 @@ class UISettings(Section):
     username: str | None = Field(default=None, description="Basic-auth user; login is off unless set with a password.")
     password: SecretStr | None = Field(default=None, description="Basic-auth password.")
     password_file: AbsolutePath | None = Field(default=None, description="File holding the basic-auth password.")
+    public_url: str | None = Field(
+        default=None,
+        description="The web app as users' browsers reach it, for the links and hints other parts print; "
+        "default: http://host:port. Set it where the app is reached by another name (compose, a proxy).",
+    )
     threads: int = Field(
         default=8, ge=1, le=64,
         description="Requests the web app serves at once (gunicorn threads, in one process: the slice cache lives in it).",
@@ -259,6 +264,11 @@ class UISettings(Section):
     @property
     def url(self) -> str:
         return f"http://{self.host}:{self.port}"
+
+    @property
+    def browser_url(self) -> str:
+        """Where a person opens the web app: the public address, else where it is served."""
+        return (self.public_url or self.url).rstrip("/")
 
     @property
     def login_required(self) -> bool:

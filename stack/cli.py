@@ -204,7 +204,7 @@ def _demo(settings: StackSettings, arguments: argparse.Namespace) -> int:
     if error is not None:
         print(f"mlex-tomo: demo failed at {error}", file=sys.stderr)
         return EXIT_FAILURE
-    print(f"open {settings.ui.url} and pick {record.scan} to see the labels over the slices")
+    print(f"open {settings.ui.browser_url} and pick {record.scan} to see the labels over the slices")
     return EXIT_OK
 
 

@@ -119,6 +119,7 @@ def write_env_file(work: Path, data_dir: Path, docker_socket: Path, images: dict
     }
     values |= dict(zip(HOST_PORT_VARIABLES, (str(port) for port in free_ports(len(HOST_PORT_VARIABLES))), strict=True))
     values["MLEX_TOMO_PREFECT__PUBLIC_UI_URL"] = f"http://localhost:{values['PREFECT_HOST_PORT']}"
+    values["MLEX_TOMO_UI__PUBLIC_URL"] = f"http://localhost:{values['UI_HOST_PORT']}"
     values |= {name: image for name, image in images.items() if name in values}
     env_file = work / ".env"
     env_file.write_text("".join(f"{name}={value}\n" for name, value in values.items()))

@@ -2,29 +2,13 @@
 
 from __future__ import annotations
 
-import os
-import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
 
 from mlex_tomo.settings import StackSettings, load_settings
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for probe in sockets:
-        probe.bind(("127.0.0.1", 0))
-    ports = [probe.getsockname()[1] for probe in sockets]
-    for probe in sockets:
-        probe.close()
-    return ports
-
-
-def clean_environment() -> dict[str, str]:
-    """This process's environment less any mlex-tomo, Prefect or Tiled setting that would steer the stack."""
-    return {name: value for name, value in os.environ.items() if not name.startswith(("MLEX_TOMO_", "PREFECT_", "TILED_"))}
+from tests.services import clean_environment, free_ports
 
 
 def start_stack(data_dir: Path, *arguments: str) -> tuple[subprocess.Popen, StackSettings]:

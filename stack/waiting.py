@@ -76,7 +76,7 @@ def wait_for(targets: list[Target], timeout: float, report: Callable[[str], None
     """Return once every target answers; raise WaitTimedOut past `timeout` seconds."""
     start = time.monotonic()
     pending = list(targets)
-    last_report = 0.0
+    next_report = 0.0
     while pending:
         problems = {target.name: target.problem() for target in pending}
         waited = time.monotonic() - start
@@ -88,9 +88,9 @@ def wait_for(targets: list[Target], timeout: float, report: Callable[[str], None
         summary = "; ".join(f"{target.name}: {problems[target.name]}" for target in pending)
         if waited > timeout:
             raise WaitTimedOut(f"gave up after {timeout:.0f} s waiting for {summary}")
-        if waited - last_report >= REPORT_EVERY_SECONDS or last_report == 0.0:
+        if waited >= next_report:
             report(f"waiting for {summary} ({waited:.0f} s of {timeout:.0f} s)")
-            last_report = max(waited, 1e-9)
+            next_report = waited + REPORT_EVERY_SECONDS
         time.sleep(RETRY_SECONDS)
 
 

@@ -23,8 +23,8 @@ import psutil
 import pytest
 import stomp
 
-from mlex_tomo.settings import StackSettings, load_settings, parse_dotted_overrides, secrets_as_environment
 from mlex_tomo.health import ingester_health
+from mlex_tomo.settings import StackSettings, load_settings, parse_dotted_overrides, secrets_as_environment
 from stack.processes import ManagedProcess
 from stack.services import (
     Service,

@@ -12,14 +12,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from stack.waiting import Target, WaitTimedOut, wait_for
+from tests.services import free_ports
 
 PASSWORD = "s3cretpassw0rd"
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize(
@@ -46,7 +41,7 @@ def test_a_target_without_host_or_port_is_refused_without_echoing_a_password(tex
 
 
 def test_waits_until_a_port_opens_then_returns():
-    port = free_port()
+    (port,) = free_ports(1)
     server = socket.socket()
     server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 
@@ -66,7 +61,7 @@ def test_waits_until_a_port_opens_then_returns():
 
 
 def test_gives_up_after_the_timeout_saying_what_it_waited_for():
-    port = free_port()
+    (port,) = free_ports(1)
     started = time.monotonic()
     with pytest.raises(WaitTimedOut, match=f"gave up after 1 s waiting for 127.0.0.1:{port}: Connection refused"):
         wait_for([Target.parse(f"127.0.0.1:{port}")], timeout=1, report=lambda line: None)

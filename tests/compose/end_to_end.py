@@ -23,7 +23,6 @@ import re
 import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -36,6 +35,7 @@ from pathlib import Path
 import httpx
 
 from tests.compose.base_images import build_offline_base_images, registry_reachable
+from tests.services import free_ports
 
 REPOSITORY = Path(__file__).resolve().parents[2]
 CONTAINERS_CONF = REPOSITORY / "tests" / "podman" / "containers.conf"
@@ -90,16 +90,6 @@ def run(arguments: list[str], *, timeout: float, environment: dict[str, str], ca
         tail = "\n".join((completed.stdout or "").splitlines()[-40:])
         raise StageFailed(f"{' '.join(arguments[:4])} ... exited {completed.returncode}\n{tail}")
     return completed
-
-
-def free_ports(count: int) -> list[int]:
-    probes = [socket.socket() for _ in range(count)]
-    for probe in probes:
-        probe.bind(("0.0.0.0", 0))
-    ports = [probe.getsockname()[1] for probe in probes]
-    for probe in probes:
-        probe.close()
-    return ports
 
 
 def write_env_file(work: Path, data_dir: Path, docker_socket: Path, images: dict[str, str]) -> tuple[Path, dict[str, str]]:

@@ -22,6 +22,7 @@ from PIL import Image, ImageDraw
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from mlex_tomo.tiled_names import UNLABELLED
+from segmentation.labels import label_problems
 
 MAX_CLASSES = 254  # rasterised as class + 1 in an 8-bit image; 0 is the eraser, 255 untouched
 UNTOUCHED = 255
@@ -224,3 +225,14 @@ def to_mask(annotations: Annotations) -> tuple[list[int], NDArray[np.int8], dict
     index = annotations.class_index()
     classes = {str(index[class_id]): info.model_dump() for class_id, info in annotations.classes.items()}
     return indices, labels, classes
+
+
+def training_problems(annotations: Annotations, volume_shape: tuple[int, int, int]) -> list[str]:
+    """Why these labels cannot train a model of the scan as it is now; the job checks the same."""
+    if tuple(annotations.volume_shape) != tuple(volume_shape):
+        return [
+            f"the labels were painted on a volume of shape {tuple(annotations.volume_shape)}, the scan now holds "
+            f"{tuple(volume_shape)}: reload the page to start afresh"
+        ]
+    _, labels, classes = to_mask(annotations)
+    return label_problems(labels, {int(index): info["label"] for index, info in classes.items()})

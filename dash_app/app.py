@@ -57,7 +57,7 @@ def create_app(settings: StackSettings) -> Dash:
     annotate.register_callbacks(app, settings, tiled)
     status.register_callbacks(app, settings)
     runs = SegmentationRuns(settings)
-    jobs.register_callbacks(app, runs)
+    jobs.register_callbacks(app, runs, library)
     job_list.register_callbacks(app, runs)
     notifications.register_callbacks(app)
     results_panel.register_callbacks(app, results)

@@ -23,6 +23,7 @@ from numpy.typing import NDArray
 from segmentation.features import NUMPY_DEVICE, feature_names
 from segmentation.inference import SlabWriter, contiguous_blocks, segment_slices
 from segmentation.held_out import held_out_metrics
+from segmentation.labels import label_problems
 from segmentation.model_store import ModelStore, TrainedModel
 from segmentation.models import MSDNetParameters, NetworkParameters, RandomForestParameters
 from segmentation.normalization import normalize, robust_range
@@ -61,6 +62,9 @@ def run_job(parameters: JobParameters, progress: ProgressCallback) -> JobOutcome
         assert parameters.model is not None and mask is not None  # guaranteed by JobParameters
         if store.folder(parameters.job_id).exists():
             raise InvalidInput(f"job_id: a model is already stored for {parameters.job_id!r}; use a new job id")
+        problems = label_problems(mask.labels, mask.class_names)
+        if problems:
+            raise InvalidInput("mask_uri: " + "; ".join(problems))
         model_parameters, classes, trained_job_id = parameters.model, mask.classes, parameters.job_id
         stored = None
     else:

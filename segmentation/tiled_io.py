@@ -76,6 +76,10 @@ class SparseMask:
     def num_classes(self) -> int:
         return len(self.classes)
 
+    @property
+    def class_names(self) -> dict[int, str]:
+        return {class_id: str(info.get("label", class_id)) for class_id, info in self.classes.items()}
+
 
 def read_mask(node: Any, volume_shape: tuple[int, int, int]) -> SparseMask:
     """Read `/masks/<scan>/<mask_id>/mask` and check it against the volume it labels."""

@@ -345,3 +345,5 @@ def _check_training_data(slices: NDArray[np.float32], masks: NDArray[np.int8], n
         raise ValueError(f"mask values must lie in -1..{num_classes - 1}")
     if masks.max() == UNLABELLED:
         raise ValueError("the masks hold no labelled pixels")
+    if np.unique(masks[masks != UNLABELLED]).size < 2:
+        raise ValueError("labels of at least two classes are needed: one class alone teaches nothing to tell apart")

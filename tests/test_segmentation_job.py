@@ -115,6 +115,14 @@ def job(tmp_path_factory, phantom):
             key="mask",
             metadata={"mask_idx": LABELLED_SLICES, "classes": CLASSES, "data_uri": "recons/phantom"},
         )
+        one_class = np.where(labels == 1, 1, -1).astype(np.int8)
+        writer["masks"]["phantom"].create_container("one-class").write_array(
+            one_class, key="mask", metadata={"mask_idx": LABELLED_SLICES, "classes": CLASSES}
+        )
+        four_classes = {**CLASSES, "3": {"label": "crack", "color": "#ff0000"}}
+        writer["masks"]["phantom"].create_container("unpainted-class").write_array(
+            labels, key="mask", metadata={"mask_idx": LABELLED_SLICES, "classes": four_classes}
+        )
         yield Job(services, tmp_path_factory.mktemp("models"), tmp_path_factory.mktemp("parameters"), labels)
     finally:
         services.stop_all()
@@ -252,11 +260,20 @@ def test_sigterm_cancels_training_and_marks_the_result_cancelled(job):
         ({"task": "train_infer", "job_id": "anonymous"}, False, 4, "401"),
         ({"task": "train_infer", "job_id": "far-slice", "slices": [3, 64]}, True, 3, "slices: [64]"),
         ({"task": "train", "job_id": "weights", "model": {"name": "TUNet", "weights": [1, 2]}}, True, 3, "model.weights"),
+        ({"task": "train", "job_id": "one", "mask_uri": "/masks/phantom/one-class/mask"}, True, 3, "only class 'matrix' is painted"),
+        (
+            {"task": "train", "job_id": "one-network", "mask_uri": "/masks/phantom/one-class/mask", "model": {"name": "TUNet"}},
+            True,
+            3,
+            "only class 'matrix' is painted",
+        ),
+        ({"task": "train", "job_id": "unpainted", "mask_uri": "/masks/phantom/unpainted-class/mask"}, True, 3, "class 'crack' has no painted pixel"),
     ],
 )
 def test_bad_input_fails_early_with_its_own_exit_code(job, overrides, api_key, code, message):
-    if "data_uri" in overrides:
-        overrides = {**overrides, "data_uri": job.base + overrides["data_uri"]}
+    for name in ("data_uri", "mask_uri"):
+        if name in overrides:
+            overrides = {**overrides, name: job.base + overrides[name]}
     parameters = job.parameters(**{"model": {"name": "RandomForest"}, **overrides})
     if overrides["task"] == "infer":
         parameters.pop("model")

@@ -62,6 +62,20 @@ def test_the_app_asks_for_the_login_and_refuses_a_wrong_one(browser, stack):
         context.close()
 
 
+def test_train_refuses_labels_of_one_class_before_any_job_starts(page, stack):
+    pick_scan(page, SCAN)
+    page.locator("#active-class").get_by_text("class 1").click()
+    paint(page, (60, 60), (300, 80))
+    expect(page.locator("#annotation-status")).to_have_text("1 stroke on 1 slice, saved.")
+    page.click("#train")
+    expect(page.locator("#job-start-status")).to_have_text(
+        "Cannot train yet: only class 'class 1' is painted: paint at least one more, a model learns to tell classes apart."
+    )
+    expect(page.locator("#job-list .job")).to_have_count(0)
+    page.click("#undo")
+    expect(page.locator("#annotation-status")).to_have_text("0 strokes on 0 slices, saved.")
+
+
 def paint_two_slices_in_two_classes(page: Page) -> None:
     """Scribbles over the phantom's phases on slices 32 and 42, one class at a time."""
     pick_scan(page, SCAN)

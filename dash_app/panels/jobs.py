@@ -14,8 +14,10 @@ from dash import ALL, Dash, Input, Output, State, dcc, html, no_update
 from pydantic import ValidationError
 
 from dash_app import model_form
+from dash_app.annotations import Annotations, training_problems
 from dash_app.panels import job_list
 from dash_app.runs import SegmentationRuns, summaries_from_store
+from dash_app.volumes import ScanLibrary, ScanNotFound, UnreadableScan
 from flows.segmentation import SegmentationRequest
 from mlex_tomo.settings import StackSettings
 from mlex_tomo.tiled_names import RECONS
@@ -54,7 +56,7 @@ def job_name_for(scan: str) -> str:
     return name or "segmentation"
 
 
-def register_callbacks(app: Dash, runs: SegmentationRuns) -> None:
+def register_callbacks(app: Dash, runs: SegmentationRuns, library: ScanLibrary) -> None:
     @app.callback(Output("model-form", "children"), Input("model-name", "value"), prevent_initial_call=True)
     def show_form(model_name: str):
         return model_form.render(model_name)
@@ -88,9 +90,15 @@ def register_callbacks(app: Dash, runs: SegmentationRuns) -> None:
         parameters, errors = model_form.parameters_from_form(model_name, [control["name"] for control in ids], values)
         if parameters is None:
             return f"Fix the model first: {'; '.join(errors)}", no_update
-        painted = {stroke["class_id"] for stroke in (annotations or {}).get("strokes", [])}
-        if mask_path is None or len(painted - {None}) < 2:
+        if annotations is None:
             return "Paint at least two classes first: a model learns to tell them apart.", no_update
+        try:
+            shape = library.volume(scan).shape
+        except (ScanNotFound, UnreadableScan) as error:
+            return f"Cannot train: {error}.", no_update
+        problems = training_problems(Annotations.model_validate(annotations), shape)
+        if problems or mask_path is None:
+            return f"Cannot train yet: {'; '.join(problems or ['the labels are not saved yet'])}.", no_update
         request = SegmentationRequest(
             steps="train", job_name=job_name_for(scan), data=f"{RECONS}/{scan}", mask=mask_path, model=parameters,
         )

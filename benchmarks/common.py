@@ -14,10 +14,12 @@ import psutil
 from numpy.typing import NDArray
 from scipy import ndimage
 
+from mlex_tomo.phantom import PhantomSpec, iter_slabs
 from segmentation.features import worker_count
 
 NUM_CLASSES = 3
 STROKES_PER_CLASS = 5
+SLAB_DEPTH = 32
 
 
 @dataclass
@@ -73,6 +75,15 @@ def paint_scribbles(truth: NDArray[np.uint8], rng: np.random.Generator) -> NDArr
                     break
                 mask[max(y - brush, 0) : y + brush + 1, max(x - brush, 0) : x + brush + 1] = label
     return mask
+
+
+def generate_volume(spec: PhantomSpec) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
+    image = np.empty(spec.shape, np.float32)
+    truth = np.empty(spec.shape, np.uint8)
+    for z_start, slab, labels in iter_slabs(spec, SLAB_DEPTH):
+        image[z_start : z_start + len(slab)] = slab
+        truth[z_start : z_start + len(slab)] = labels
+    return image, truth
 
 
 def machine() -> str:

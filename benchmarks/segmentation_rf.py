@@ -26,24 +26,12 @@ from skimage.feature import multiscale_basic_features
 from skimage.future import fit_segmenter, predict_segmenter
 from sklearn.ensemble import RandomForestClassifier
 
-from benchmarks.common import NUM_CLASSES, PeakMemory, machine, paint_scribbles, peak_memory
-from mlex_tomo.phantom import PhantomSpec, iter_slabs
+from benchmarks.common import NUM_CLASSES, PeakMemory, generate_volume, machine, paint_scribbles, peak_memory
+from mlex_tomo.phantom import PhantomSpec
 from segmentation.features import feature_names, resolve_device
 from segmentation.metrics import confusion_matrix, iou_from_confusion
 from segmentation.models import RandomForestParameters
 from segmentation.random_forest import train_random_forest
-
-SLAB_DEPTH = 32
-
-
-def generate_volume(spec: PhantomSpec) -> tuple[NDArray[np.float32], NDArray[np.uint8]]:
-    image = np.empty(spec.shape, np.float32)
-    truth = np.empty(spec.shape, np.uint8)
-    for z_start, slab, labels in iter_slabs(spec, SLAB_DEPTH):
-        image[z_start : z_start + len(slab)] = slab
-        truth[z_start : z_start + len(slab)] = labels
-    return image, truth
-
 
 def report(name: str, train_s: float, predict_s: float, memory: PeakMemory, confusion: NDArray) -> None:
     mean, per_class = iou_from_confusion(confusion)

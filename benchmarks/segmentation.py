@@ -54,6 +54,7 @@ from segmentation.models import (
     TUNetParameters,
 )
 from segmentation.normalization import normalize, robust_range
+from segmentation.pseudo_labels import context_indices
 from segmentation.random_forest import train_random_forest
 from segmentation.training import TrainedNetwork, train_network
 
@@ -91,6 +92,7 @@ def our_network(parameters: TUNetParameters | MSDNetParameters) -> Method:
     def run(volume: GeneratedVolume, scribbles: Scribbles, device: torch.device) -> Outcome:
         low, high = robust_range(volume.image)
         started = time.perf_counter()
+        context = context_indices(len(volume.image), scribbles.slices, parameters.context_slices)
         network = train_network(
             normalize(volume.image[scribbles.slices], low, high),
             scribbles.masks,
@@ -98,6 +100,7 @@ def our_network(parameters: TUNetParameters | MSDNetParameters) -> Method:
             volume.num_classes,
             device,
             normalization=(low, high),
+            context=normalize(volume.image[context], low, high),
         )
         synchronize(device)
         trained = time.perf_counter()
@@ -209,7 +212,7 @@ def speed(arguments: argparse.Namespace) -> None:
     scribbles = scribble(truth, NUM_CLASSES, arguments.seed)
     low, high = robust_range(image)
     print(f"{arguments.size}^3 phantom in {time.perf_counter() - started:.1f} s; scribbles on {len(scribbles.slices)} slices", flush=True)
-    parameters = TUNetParameters(num_epochs=arguments.epochs or TUNetParameters().num_epochs)
+    parameters = TUNetParameters(num_epochs=arguments.epochs).for_device(device.type)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     started = time.perf_counter()

@@ -2,8 +2,9 @@
 
 Each family stands for a kind of sample a beamline segments: porous rock, a filtered
 back-projection with photon noise and rings, fibres barely brighter than their matrix,
-phases of low contrast, five phases, odd non-square shapes in raw detector units, and
-structure stretched along one axis. Every volume is seeded, so a run can be repeated,
+phases of low contrast, five phases, odd non-square shapes in raw detector units,
+structure stretched along one axis, and phases told apart by texture alone, where no
+threshold can work. Every volume is seeded, so a run can be repeated,
 and several seeds of a family keep a model from being tuned to one draw.
 
 Structures are thresholded Gaussian random fields (a classic model of porous media,
@@ -152,6 +153,16 @@ def anisotropic(size: int, seed: int) -> GeneratedVolume:
     return GeneratedVolume("anisotropic layers", seed, render(truth, (0.25, 0.5, 0.7), rng, noise=0.07), truth, ("layer A", "layer B", "layer C"))
 
 
+def textures(size: int, seed: int) -> GeneratedVolume:
+    """Two phases of the same mean grey level, one smooth and one grainy: only texture tells them apart."""
+    rng = np.random.default_rng(seed)
+    shape = (size,) * 3
+    truth = split_by_fractions(random_field(shape, size / 25, rng), (0.5, 0.5))
+    grain = random_field(shape, 1.0, rng) * np.float32(0.12)
+    image = np.float32(0.5) + np.where(truth == 1, grain, np.float32(0)) + rng.normal(0, 0.03, shape).astype(np.float32)
+    return GeneratedVolume("texture, same grey level", seed, image, truth, ("smooth", "grainy"))
+
+
 def _odd(length: float) -> int:
     return int(length) | 1
 
@@ -164,4 +175,5 @@ FAMILIES: dict[str, Callable[[int, int], GeneratedVolume]] = {
     "five-phases": five_phases,
     "odd": odd_shapes,
     "layers": anisotropic,
+    "texture": textures,
 }

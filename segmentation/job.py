@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from segmentation.features import NUMPY_DEVICE, feature_names
+from segmentation.features import NUMPY_DEVICE
 from segmentation.inference import SlabWriter, contiguous_blocks, segment_slices
 from segmentation.held_out import held_out_metrics
 from segmentation.labels import label_problems
@@ -28,6 +28,7 @@ from segmentation.model_store import ModelStore, TrainedModel
 from segmentation.models import MSDNetParameters, NetworkParameters, RandomForestParameters
 from segmentation.normalization import normalize, robust_range
 from segmentation.parameters import JobParameters
+from segmentation.pseudo_labels import context_indices
 from segmentation.random_forest import TrainedForest, train_random_forest
 from segmentation.tiled_io import InvalidInput, ResultWriter, SparseMask, TiledVolume, open_node, read_mask
 from segmentation.training import ProgressCallback, TrainedNetwork, train_network
@@ -66,6 +67,8 @@ def run_job(parameters: JobParameters, progress: ProgressCallback) -> JobOutcome
         if problems:
             raise InvalidInput("mask_uri: " + "; ".join(problems))
         model_parameters, classes, trained_job_id = parameters.model, mask.classes, parameters.job_id
+        if isinstance(model_parameters, NetworkParameters):
+            model_parameters = model_parameters.for_device(device.type)
         stored = None
     else:
         assert parameters.trained_job_id is not None  # guaranteed by JobParameters
@@ -181,6 +184,10 @@ def train_model(
         return train_random_forest(
             slices, mask.labels, model_parameters, forest_device(device), progress, normalisation=(low, high)
         )
+    context = None
+    if model_parameters.pseudo_labels and model_parameters.context_slices:
+        indices = context_indices(volume.shape[0], mask.slice_indices, model_parameters.context_slices)
+        context = normalize(volume.read_slices(indices), low, high) if indices else None
     return train_network(
         slices,
         mask.labels,
@@ -189,6 +196,7 @@ def train_model(
         device,
         with_epoch_eta(progress),
         normalization=(low, high),
+        context=context,
     )
 
 
@@ -224,7 +232,7 @@ def slices_per_block(
     input_bytes = volume.dtype.itemsize + 4  # as read, then normalised to float32
     output_bytes = 2  # labels and uncertainty, one byte each
     if isinstance(model, TrainedForest):
-        working_bytes = 4 * len(feature_names(model.parameters)) + 4 + 8 * num_classes
+        working_bytes = 4 * model.feature_count + 4 + 8 * num_classes
         per_pixel = input_bytes + output_bytes + working_bytes
         limit = math.inf
     else:

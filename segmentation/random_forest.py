@@ -24,7 +24,7 @@ from segmentation.metrics import confusion_matrix
 from segmentation.models import RandomForestParameters
 
 ProgressCallback = Callable[[dict[str, Any]], None]
-BLOCK_FEATURE_BYTES = 256 * 2**20  # features of one block of slices
+BLOCK_FEATURE_BYTES = 128 * 2**20  # features of one block of slices: about the baseline's whole footprint
 PREDICT_CHUNK_PIXELS = 32_768  # small enough that every tree reuses the chunk from cache
 SAVE_FORMAT = 1
 HELD_OUT_FRACTION = 0.2  # of each class's drawn pixels, as the networks' default val_pct
@@ -44,10 +44,15 @@ class TrainedForest:
     parameters: RandomForestParameters
     normalisation: tuple[float, float]
     held_out: HeldOutScore | None = None
+    channels: tuple[int, ...] | None = None  # indices into `feature_names` the model was fitted on; None: all
 
     @property
     def classes(self) -> NDArray[np.uint8]:
         return self.model.classes_.astype(np.uint8)
+
+    @property
+    def feature_count(self) -> int:
+        return len(feature_names(self.parameters)) if self.channels is None else len(self.channels)
 
     def iter_predictions(
         self,
@@ -62,13 +67,13 @@ class TrainedForest:
         zarr, memory maps), so only one block is ever read.
         """
         count, height, width = slices.shape
-        batch = min(batch or slices_per_block((height, width), self.parameters), count)
+        batch = min(batch or slices_per_block((height, width), self.feature_count), count)
         # One feature buffer serves every block: fresh memory would cost page faults each time.
-        buffer = np.empty((batch, height, width, len(feature_names(self.parameters))), np.float32)
+        buffer = np.empty((batch, height, width, self.feature_count), np.float32)
         for start in range(0, count, batch):
             stop = min(start + batch, count)
             block = np.asarray(slices[start:stop], dtype=np.float32)
-            features = compute_features(block, self.parameters, device, out=buffer[: stop - start])
+            features = compute_features(block, self.parameters, device, out=buffer[: stop - start], channels=self.channels)
             labels, uncertainty = _classify(self.model, features.reshape(-1, features.shape[-1]))
             if progress is not None:
                 progress({"event": "inference", "stage": "segmenting", "done": stop, "of": count})
@@ -100,6 +105,7 @@ class TrainedForest:
                 "normalisation": list(self.normalisation),
                 "feature_names": feature_names(self.parameters),
                 "held_out": None if self.held_out is None else asdict(self.held_out),
+                "channels": None if self.channels is None else list(self.channels),
             },
             path,
         )
@@ -112,11 +118,13 @@ class TrainedForest:
             raise ValueError(f"{path} holds format {stored.get('format')!r}, expected {SAVE_FORMAT}")
         low, high = stored["normalisation"]
         held_out = stored.get("held_out")  # absent from forests saved before it was measured
+        channels = stored.get("channels")  # absent from forests fitted on every feature
         return cls(
             model=stored["model"],
             parameters=RandomForestParameters.model_validate(stored["parameters"]),
             normalisation=(float(low), float(high)),
             held_out=None if held_out is None else HeldOutScore(**held_out),
+            channels=None if channels is None else tuple(int(channel) for channel in channels),
         )
 
 
@@ -133,12 +141,13 @@ def train_random_forest(
     `slices` are the labelled slices (n, y, x), already normalised with the (low, high)
     `normalisation`, which the forest keeps for inference;
     `masks` (n, y, x) holds -1 where unlabelled and the class 0..K-1 elsewhere.
-    Features are computed once, only for slices that contribute a drawn pixel. A first
-    forest fits the drawn pixels less those held out (about HELD_OUT_FRACTION of each
-    class, in whole tiles: `hold_out_tiles`) and is scored on them. The forest returned
-    is then refitted on every drawn pixel: that costs one more fit and no features, and
-    with labels this few they serve the model better than the score, which thus rates a
-    forest that saw a little less, erring low.
+    Features are computed once, only for slices that contribute a drawn pixel. The
+    drawn pixels less those held out (about HELD_OUT_FRACTION of each class, in whole
+    tiles: `hold_out_tiles`) choose the features (`select_channels`), and a forest fitted
+    on them is scored on the held-out pixels. The forest returned is then refitted on
+    every drawn pixel with the same features: that costs one more fit and no features,
+    and with labels this few they serve the model better than the score, which thus
+    rates a forest that saw a little less, erring low.
     """
     if slices.shape != masks.shape or slices.ndim != 3:
         raise ValueError(
@@ -155,6 +164,9 @@ def train_random_forest(
     held_out = drawn_held_out(masks, chosen, parameters.seed)
     samples = training_features(slices, chosen, parameters, device, report)
 
+    training = np.ones(targets.size, bool) if held_out is None else ~held_out
+    channels = select_channels(samples[training], targets[training], parameters)
+    columns = slice(None) if channels is None else list(channels)
     fits = 1 if held_out is None else 2
 
     def fitted(done: int) -> None:
@@ -172,14 +184,33 @@ def train_random_forest(
     fitted(0)
     score = None
     if held_out is not None:
-        model = fit_forest(samples[~held_out], targets[~held_out], parameters)
-        predicted, _ = _classify(model, samples[held_out])
+        model = fit_forest(samples[~held_out][:, columns], targets[~held_out], parameters)
+        predicted, _ = _classify(model, np.ascontiguousarray(samples[held_out][:, columns]))
         num_classes = int(targets.max()) + 1
         score = HeldOutScore.from_confusion(confusion_matrix(predicted, targets[held_out], num_classes))
         fitted(1)
-    model = fit_forest(samples, targets, parameters)
+    model = fit_forest(samples[:, columns], targets, parameters)
     fitted(fits)
-    return TrainedForest(model=model, parameters=parameters, normalisation=normalisation, held_out=score)
+    return TrainedForest(
+        model=model, parameters=parameters, normalisation=normalisation, held_out=score, channels=channels
+    )
+
+
+def select_channels(
+    samples: NDArray[np.float32], targets: NDArray[np.uint8], parameters: RandomForestParameters
+) -> tuple[int, ...] | None:
+    """The `selected_features` most important features of a forest fitted on all of them (None: keep all).
+
+    Computing features dominates segmenting a volume, and a forest fitted on a few
+    hundred painted pixels leans on a handful of them: the rest are computed over
+    billions of voxels for splits that hardly matter. Importance is the trees' mean
+    decrease in impurity.
+    """
+    keep = parameters.selected_features
+    if keep is None or keep >= samples.shape[1]:
+        return None
+    importance = fit_forest(samples, targets, parameters).feature_importances_
+    return tuple(sorted(int(channel) for channel in np.argsort(-importance, kind="stable")[:keep]))
 
 
 def drawn_held_out(
@@ -203,7 +234,7 @@ def training_features(
     pixels_per_slice = slices.shape[1] * slices.shape[2]
     slice_of_pixel = chosen // pixels_per_slice
     labelled_slices = np.unique(slice_of_pixel)
-    batch = slices_per_block(slices.shape[1:], parameters)
+    batch = slices_per_block(slices.shape[1:], len(feature_names(parameters)))
     samples = np.empty((chosen.size, len(feature_names(parameters))), np.float32)
     report({"event": "stage", "stage": "features", "done": 0, "of": int(labelled_slices.size)})
     for first in range(0, labelled_slices.size, batch):
@@ -255,9 +286,9 @@ def balanced_quotas(counts: list[int], budget: int) -> list[int]:
     return quotas
 
 
-def slices_per_block(shape: tuple[int, int], parameters: RandomForestParameters) -> int:
-    """Slices whose features fit in BLOCK_FEATURE_BYTES (at least one)."""
-    per_slice = shape[0] * shape[1] * len(feature_names(parameters)) * 4
+def slices_per_block(shape: tuple[int, int], feature_count: int) -> int:
+    """Slices whose `feature_count` features fit in BLOCK_FEATURE_BYTES (at least one)."""
+    per_slice = shape[0] * shape[1] * feature_count * 4
     return max(1, BLOCK_FEATURE_BYTES // per_slice)
 
 

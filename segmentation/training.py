@@ -14,7 +14,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from os import PathLike
-from typing import Annotated, Any
+from typing import Annotated, Any, NamedTuple
 
 import numpy as np
 import torch
@@ -33,9 +33,11 @@ from segmentation.models import (
     TUNetParameters,
 )
 from segmentation.networks import build_network, mixed_precision
+from segmentation.pseudo_labels import forest_pseudo_labels
 
 FILE_FORMAT = 1  # bumped when the saved dictionary changes meaning
 SGD_MOMENTUM = 0.9  # plain SGD at Adam-sized learning rates would hardly move
+PSEUDO_LABEL_WEIGHT = 0.5  # of the forest's labels against the scribbles' in the loss
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 _NETWORK_PARAMETERS: TypeAdapter[NetworkParameters] = TypeAdapter(
@@ -109,33 +111,47 @@ def train_network(
     progress: ProgressCallback | None = None,
     *,
     normalization: tuple[float, float] = (0.0, 1.0),
+    context: NDArray[np.float32] | None = None,
 ) -> TrainedNetwork:
     """Train on the labelled slices (n, y, x), already normalised, and their masks (-1 = unlabelled).
 
     `normalization` is the (low, high) the slices were normalised with; it travels with
-    the network so inference maps new slices identically. Deterministic for a given
-    `parameters.seed` on CPU; the global torch random state is left as it was.
+    the network so inference maps new slices identically. `context` holds unlabelled
+    slices (k, y, x) normalised alike, which the forest's pseudo-labels cover when
+    `parameters.pseudo_labels` is set. Deterministic for a given `parameters.seed` on
+    CPU; the global torch random state is left as it was.
     """
     slices = np.ascontiguousarray(slices, dtype=np.float32)
     masks = np.ascontiguousarray(masks, dtype=np.int8)
     _check_training_data(slices, masks, num_classes)
     device = torch.device(device)
+    parameters = parameters.for_device(device.type)
     rng = np.random.default_rng(parameters.seed)
     training_targets, validation_targets = split_labelled_pixels(masks, parameters.val_pct, parameters.seed)
-    weights = class_weights(training_targets, num_classes, parameters.weights)
-    sampler = PatchSampler(slices, training_targets, parameters.patch_size, rng)
-    steps_per_epoch = math.ceil(parameters.patches_per_epoch / parameters.batch_size_train)
     validated = np.flatnonzero((validation_targets != UNLABELLED).any(axis=(1, 2)))
     validation_slices, validation_targets = slices[validated], validation_targets[validated]
+    pseudo = None
+    if parameters.pseudo_labels:
+        if context is not None and len(context):
+            slices = np.concatenate([slices, np.asarray(context, np.float32).reshape(-1, *slices.shape[1:])])
+            unlabelled = np.full((len(slices) - len(training_targets), *slices.shape[1:]), UNLABELLED, np.int8)
+            training_targets = np.concatenate([training_targets, unlabelled])
+        if progress is not None:
+            progress({"event": "stage", "stage": "pseudo-labels", "done": 0, "of": 1})
+        pseudo = forest_pseudo_labels(slices, training_targets, parameters.seed, device)
+    weights = class_weights(training_targets, num_classes, parameters.weights)
+    # The forest's labels cover classes in about their true shares: weighing them equally would grow the rare ones.
+    pseudo_weights = None if pseudo is None else np.ones(num_classes, np.float32)
+    sampler = PatchSampler(slices, training_targets, parameters.patch_size, rng, pseudo=pseudo)
+    steps_per_epoch = math.ceil(parameters.patches_per_epoch / parameters.batch_size_train)
 
     cuda_devices = [device.index or 0] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=cuda_devices):
         torch.manual_seed(parameters.seed)
         module = build_network(parameters, num_classes=num_classes).to(device)
         optimizer = _optimizer(module, parameters)
-        loss_function = nn.CrossEntropyLoss(
-            weight=torch.as_tensor(weights, device=device), ignore_index=UNLABELLED
-        )
+        scribble_loss = MaskedCrossEntropy(weights, device)
+        pseudo_loss = None if pseudo_weights is None else MaskedCrossEntropy(pseudo_weights, device)
         history: list[dict[str, Any]] = []
         best_rank: tuple[float, float] | None = None
         best_state: dict[str, torch.Tensor] | None = None
@@ -148,10 +164,12 @@ def train_network(
             module.train()
             loss_sum = torch.zeros((), device=device)
             for _ in range(steps_per_epoch):
-                images, targets = sampler.draw(parameters.batch_size_train)
+                patches = sampler.draw(parameters.batch_size_train)
                 with mixed_precision(device):
-                    logits = module(torch.from_numpy(images[:, None]).to(device))
-                loss = loss_function(logits.float(), torch.from_numpy(targets).to(device))
+                    logits = module(torch.from_numpy(patches.images[:, None]).to(device)).float()
+                loss = scribble_loss(logits, patches.targets)
+                if pseudo_loss is not None:
+                    loss = loss + PSEUDO_LABEL_WEIGHT * pseudo_loss(logits, patches.pseudo)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -239,11 +257,18 @@ def class_weights(
     return weights
 
 
+class Patches(NamedTuple):
+    images: NDArray[np.float32]  # (count, h, w)
+    targets: NDArray[np.int64]  # the scribbles, -1 unlabelled
+    pseudo: NDArray[np.int64]  # the forest's confident labels, -1 elsewhere (all -1 without pseudo-labels)
+
+
 class PatchSampler:
-    """Random training patches, each containing at least one labelled pixel, randomly flipped and rotated.
+    """Random training patches, each containing at least one target pixel, randomly flipped and rotated.
 
     A patch is placed around an anchor pixel drawn class by class, so rare classes are
-    seen as often as common ones. Slices smaller than the patch are used whole.
+    seen as often as common ones: around a scribble, or, with pseudo-labels, as often
+    around a pixel the forest labelled. Slices smaller than the patch are used whole.
     """
 
     def __init__(
@@ -253,48 +278,72 @@ class PatchSampler:
         patch_size: int,
         rng: np.random.Generator,
         augment: bool = True,
+        pseudo: NDArray[np.int8] | None = None,
     ) -> None:
-        if slices.shape != targets.shape:
-            raise ValueError(f"slices {slices.shape} and targets {targets.shape} differ in shape")
+        if slices.shape != targets.shape or (pseudo is not None and pseudo.shape != targets.shape):
+            raise ValueError(f"slices {slices.shape}, targets {targets.shape} and pseudo-labels differ in shape")
         self.slices, self.targets, self.rng, self.augment = slices, targets, rng, augment
+        self.pseudo = np.full_like(targets, UNLABELLED) if pseudo is None else pseudo
         _, height, width = slices.shape
         self.patch_shape = (min(patch_size, height), min(patch_size, width))
-        flat_targets = targets.reshape(-1)
-        self.anchors = [
-            np.flatnonzero(flat_targets == label)
-            for label in np.unique(targets[targets != UNLABELLED])
-        ]
+        self.anchors = [_anchors_by_class(targets)] + ([_anchors_by_class(pseudo)] if pseudo is not None else [])
+        self.anchors = [anchors for anchors in self.anchors if anchors]
         if not self.anchors:
             raise ValueError("no labelled pixels to draw patches around")
 
-    def draw(self, count: int) -> tuple[NDArray[np.float32], NDArray[np.int64]]:
-        """`count` patches of images (count, h, w) and their int64 targets."""
+    def draw(self, count: int) -> Patches:
         patch_height, patch_width = self.patch_shape
         _, height, width = self.slices.shape
         images = np.empty((count, patch_height, patch_width), np.float32)
         targets = np.empty((count, patch_height, patch_width), np.int64)
-        for index, label_index in enumerate(self.rng.integers(len(self.anchors), size=count)):
-            anchors = self.anchors[label_index]
+        pseudo = np.empty((count, patch_height, patch_width), np.int64)
+        for index, source in enumerate(self.rng.integers(len(self.anchors), size=count)):
+            by_class = self.anchors[source]
+            anchors = by_class[self.rng.integers(len(by_class))]
             anchor = anchors[self.rng.integers(anchors.size)]
             slice_index, y, x = np.unravel_index(anchor, self.targets.shape)
             top = int(np.clip(y - self.rng.integers(patch_height), 0, height - patch_height))
             left = int(np.clip(x - self.rng.integers(patch_width), 0, width - patch_width))
             window = (slice_index, slice(top, top + patch_height), slice(left, left + patch_width))
-            image, target = self.slices[window], self.targets[window]
+            planes = [self.slices[window], self.targets[window], self.pseudo[window]]
             if self.augment:
-                image, target = self._reorient(image, target)
-            images[index], targets[index] = image, target
-        return images, targets
+                planes = self._reorient(planes)
+            images[index], targets[index], pseudo[index] = planes
+        return Patches(images, targets, pseudo)
 
-    def _reorient(
-        self, image: NDArray[np.float32], target: NDArray[np.int8]
-    ) -> tuple[NDArray[np.float32], NDArray[np.int8]]:
-        """One of the eight flips and right-angle rotations; odd rotations only for square patches."""
+    def _reorient(self, planes: list[NDArray[Any]]) -> list[NDArray[Any]]:
+        """One of the eight flips and right-angle rotations, alike for every plane; odd rotations only for square patches."""
         for axis in (0, 1):
             if self.rng.random() < 0.5:
-                image, target = np.flip(image, axis), np.flip(target, axis)
-        turns = int(self.rng.integers(4)) if image.shape[0] == image.shape[1] else 0
-        return np.rot90(image, turns), np.rot90(target, turns)
+                planes = [np.flip(plane, axis) for plane in planes]
+        turns = int(self.rng.integers(4)) if planes[0].shape[0] == planes[0].shape[1] else 0
+        return [np.rot90(plane, turns) for plane in planes]
+
+
+def _anchors_by_class(targets: NDArray[np.int8]) -> list[NDArray[np.int64]]:
+    flat = targets.reshape(-1)
+    return [np.flatnonzero(flat == label) for label in np.unique(flat[flat != UNLABELLED])]
+
+
+class MaskedCrossEntropy:
+    """Class-weighted cross-entropy over the labelled pixels of a batch; zero when it has none.
+
+    torch's `ignore_index` mean divides by the weight of the labelled pixels, which is
+    0/0 for a batch of patches around pseudo-labels alone.
+    """
+
+    def __init__(self, weights: NDArray[np.float32], device: torch.device) -> None:
+        self.weights, self.device = torch.as_tensor(weights, device=device), device
+
+    def __call__(self, logits: torch.Tensor, targets: NDArray[np.int64]) -> torch.Tensor:
+        target = torch.from_numpy(targets).to(self.device)
+        labelled = target != UNLABELLED
+        if not bool(labelled.any()):
+            return logits.sum() * 0.0
+        pixel_logits = logits.permute(0, 2, 3, 1)[labelled]
+        pixel_targets = target[labelled]
+        losses = F.cross_entropy(pixel_logits, pixel_targets, weight=self.weights, reduction="sum")
+        return losses / self.weights[pixel_targets].sum().clamp_min(1e-12)
 
 
 def _validate(

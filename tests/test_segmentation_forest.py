@@ -13,11 +13,12 @@ from scipy import ndimage
 from mlex_tomo.phantom import PhantomSpec, generate
 from segmentation.features import compute_features, feature_names
 from segmentation.metrics import mean_iou
-from segmentation.models import RF_FEATURES, RandomForestParameters
+from segmentation.models import ILASTIK_SCALES, RF_FEATURES, RandomForestParameters
 from segmentation.random_forest import (
     TrainedForest,
     balanced_quotas,
     sample_training_pixels,
+    select_channels,
     train_random_forest,
 )
 
@@ -65,7 +66,7 @@ def trained() -> tuple[NDArray[np.float32], TrainedForest]:
 def test_torch_and_numpy_back_ends_agree() -> None:
     # Smaller than the sigma = 10 kernel's radius, so mirroring wraps more than once.
     image = np.random.default_rng(0).random((2, 24, 30), dtype=np.float32)
-    parameters = RandomForestParameters()
+    parameters = RandomForestParameters(scales=list(ILASTIK_SCALES))
     from_numpy = compute_features(image, parameters, "numpy")
     from_torch = compute_features(image, parameters, "cpu")
     assert from_numpy.shape == from_torch.shape == (2, 24, 30, 56)
@@ -159,7 +160,8 @@ def test_chunked_prediction_matches_sklearn(trained: tuple[NDArray[np.float32], 
     image, forest = trained
     block = image[40:42]
     labels, uncertainty = forest.predict_slices(block, "numpy")
-    features = compute_features(block, forest.parameters, "numpy").reshape(-1, 56)
+    assert forest.channels is not None and len(forest.channels) == forest.parameters.selected_features
+    features = compute_features(block, forest.parameters, "numpy", channels=forest.channels).reshape(-1, forest.feature_count)
     probabilities = forest.model.predict_proba(features)
     np.testing.assert_array_equal(labels.ravel(), forest.classes[probabilities.argmax(axis=1)])
     np.testing.assert_allclose(uncertainty.ravel(), 1 - probabilities.max(axis=1), atol=1e-6)
@@ -169,11 +171,12 @@ def test_saved_forest_predicts_identically(
     trained: tuple[NDArray[np.float32], TrainedForest], tmp_path: Path
 ) -> None:
     image, forest = trained
-    forest = TrainedForest(forest.model, forest.parameters, normalisation=(120.0, 3400.0))
+    forest = TrainedForest(forest.model, forest.parameters, normalisation=(120.0, 3400.0), channels=forest.channels)
     path = tmp_path / "forest.joblib"
     forest.save(path)
     loaded = TrainedForest.load(path)
     assert loaded.parameters == forest.parameters and loaded.normalisation == (120.0, 3400.0)
+    assert loaded.channels == forest.channels
     block = image[10:14]
     for expected, actual in zip(forest.predict_slices(block, "numpy"), loaded.predict_slices(block, "numpy")):
         np.testing.assert_array_equal(actual, expected)
@@ -264,7 +267,7 @@ def test_a_single_short_stroke_per_class_claims_no_held_out_score() -> None:
     assert forest.held_out is None
     fits = [event for event in events if event["stage"] == "fitting"]
     assert [(event["done"], event["of"]) for event in fits] == [(0, 1), (1, 1)]
-    assert forest.model.n_features_in_ == 56 and sorted(forest.model.classes_) == [0, 1]
+    assert forest.model.n_features_in_ == 16 and sorted(forest.model.classes_) == [0, 1]
 
 
 def test_held_out_score_is_saved_with_the_forest(tmp_path: Path) -> None:
@@ -273,3 +276,28 @@ def test_held_out_score_is_saved_with_the_forest(tmp_path: Path) -> None:
     forest.save(tmp_path / "forest.joblib")
     assert forest.held_out is not None
     assert TrainedForest.load(tmp_path / "forest.joblib").held_out == forest.held_out
+
+
+@pytest.mark.parametrize("device", ["numpy", "cpu"])
+def test_chosen_channels_are_the_same_as_in_the_whole_set_and_skip_unneeded_filters(device: str) -> None:
+    image = np.random.default_rng(2).random((2, 40, 48), dtype=np.float32)
+    parameters = RandomForestParameters(scales=list(ILASTIK_SCALES))
+    every = compute_features(image, parameters, device)
+    channels = [0, 9, 30, 55]
+    chosen = compute_features(image, parameters, device, channels=channels)
+    np.testing.assert_allclose(chosen, every[..., channels], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="increasing indices"):
+        compute_features(image, parameters, device, channels=[9, 0])
+    with pytest.raises(ValueError, match="increasing indices"):
+        compute_features(image, parameters, device, channels=[56])
+
+
+def test_selection_keeps_the_most_important_features_and_none_keeps_all() -> None:
+    rng = np.random.default_rng(0)
+    targets = rng.integers(0, 2, 2000).astype(np.uint8)
+    samples = rng.random((2000, 6), dtype=np.float32)
+    samples[:, 4] += targets  # only features 1 and 4 tell the classes apart
+    samples[:, 1] -= 2 * targets
+    assert select_channels(samples, targets, RandomForestParameters(selected_features=2)) == (1, 4)
+    assert select_channels(samples, targets, RandomForestParameters(selected_features=None)) is None
+    assert select_channels(samples, targets, RandomForestParameters(selected_features=6)) is None

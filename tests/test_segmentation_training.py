@@ -50,6 +50,7 @@ TUNET = TUNetParameters(
     batch_size_train=8,
     patches_per_epoch=64,
     early_stopping_patience=30,
+    pseudo_labels=False,  # the scribbles alone: pseudo-labels are tested below
     seed=0,
 )
 # Trained on every label (val_pct 0): this small network needs all ~165 scribbled pixels.
@@ -66,6 +67,7 @@ MSDNET = MSDNetParameters(
     patches_per_epoch=64,
     early_stopping_patience=30,
     val_pct=0.0,
+    pseudo_labels=False,
     seed=0,
 )
 TUNET_FLOOR = 0.85
@@ -252,7 +254,8 @@ def test_patches_always_contain_labelled_pixels_and_cover_small_slices_whole() -
     targets[0, 5, 7] = 0
     targets[2, 150:153, 290] = 1
     sampler = PatchSampler(slices, targets, 32, rng)
-    images, patch_targets = sampler.draw(200)
+    images, patch_targets, pseudo = sampler.draw(200)
+    assert (pseudo == -1).all()
     assert images.shape == patch_targets.shape == (200, 32, 32)
     assert ((patch_targets >= 0).sum(axis=(1, 2)) >= 1).all()
     assert {0, 1} <= set(np.unique(patch_targets))
@@ -260,7 +263,7 @@ def test_patches_always_contain_labelled_pixels_and_cover_small_slices_whole() -
     assert np.isin(images, slices).all()
 
     small = PatchSampler(slices[:, :20, :30], targets[:, :20, :30], 64, rng)
-    small_images, small_targets = small.draw(10)
+    small_images, small_targets, _ = small.draw(10)
     assert small_images.shape == (10, 20, 30)
     assert all((target == 0).sum() == 1 for target in small_targets)
 
@@ -269,7 +272,7 @@ def test_patches_are_reoriented_in_all_eight_ways() -> None:
     rng = np.random.default_rng(0)
     slices = np.arange(16, dtype=np.float32).reshape(1, 4, 4)
     targets = np.zeros((1, 4, 4), np.int8)
-    images, _ = PatchSampler(slices, targets, 4, rng).draw(200)
+    images, _, _ = PatchSampler(slices, targets, 4, rng).draw(200)
     assert len({image.tobytes() for image in images}) == 8
 
 

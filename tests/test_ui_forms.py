@@ -8,6 +8,7 @@ import pytest
 
 from dash_app.annotations import Annotations, ClassInfo
 from dash_app.model_form import MODELS, form_fields, parameters_from_form, render
+from segmentation.models import TUNetParameters
 from dash_app.address import AddressedView, view_from_address
 from dash_app.panels.annotate import (
     edited_annotations,
@@ -41,17 +42,19 @@ def test_the_form_offers_every_field_and_its_defaults_are_the_models(model_name)
 
 
 def test_form_errors_name_the_field():
-    names = ["num_epochs", "weights"]
+    names = ["num_epochs", "weights", "depth"]
     fields = [field for field in form_fields("TUNet") if field.name not in names]
     base = {field.name: field.default for field in fields if field.kind not in ("flag", "numbers")}
     base.update({field.name: [] for field in fields if field.kind == "flag"})
     base.update({field.name: "" for field in fields if field.kind == "numbers"})
-    _, errors = parameters_from_form("TUNet", [*base, *names], [*base.values(), 0, "1, x"])
+    _, errors = parameters_from_form("TUNet", [*base, *names], [*base.values(), 0, "1, x", 4])
     assert "num_epochs: Input should be greater than or equal to 1" in errors
     assert any(error.startswith("weights.1: Input should be a valid number") for error in errors)
-    _, errors = parameters_from_form("TUNet", [*base, *names], [*base.values(), None, ""])
-    assert errors == ["num_epochs: give a number"]
-    _, errors = parameters_from_form("RandomForest", [*base, *names], [*base.values(), 3, ""])
+    parameters, errors = parameters_from_form("TUNet", [*base, *names], [*base.values(), None, "", None])
+    assert errors == ["depth: give a number"]  # an empty num_epochs is automatic, set by the job for its device
+    parameters, errors = parameters_from_form("TUNet", [*base, *names], [*base.values(), None, "", 4])
+    assert errors == [] and parameters["num_epochs"] is None and TUNetParameters(**parameters).for_device("cpu").num_epochs == 40
+    _, errors = parameters_from_form("RandomForest", [*base, *names], [*base.values(), 3, "", 4])
     assert "choose the model again" in errors[0]
 
 

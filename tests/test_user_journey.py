@@ -129,7 +129,7 @@ def test_3_train_a_random_forest_and_see_the_scribbles_above_its_labels(page):
     expect(card.locator(".state")).to_have_text("Completed", timeout=JOB_MILLISECONDS)
     wait_for_overlay(page, lambda source: source is not None and "/z/32.png" in source, kind="results")
     assert image_order(page) == ["slice", "result", "labels"]
-    expect(page.locator("#result-details")).to_contain_text("held-out mean IoU")
+    expect(page.locator("#result-details")).to_contain_text("on held-out painted pixels")
 
 
 def test_4_segment_the_volume_and_read_its_labels_on_another_slice_and_axis(page):

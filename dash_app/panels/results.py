@@ -75,7 +75,7 @@ def details(description: ResultDescription) -> list[Any]:
     summary = " · ".join(
         part for part in (
             description.model,
-            f"held-out mean IoU {score:.3f}" if isinstance(score, (int, float)) else None,
+            f"mean IoU {score:.3f} on held-out painted pixels" if isinstance(score, (int, float)) else None,
             f"{len(description.slices)} slice{'s' if len(description.slices) != 1 else ''}",
         ) if part
     )

@@ -81,10 +81,6 @@ class NetworkParameters(_Parameters):
             update={name: values[on_gpu] for name, values in self.AUTOMATIC.items() if getattr(self, name) is None}
         )
 
-    @property
-    def automatic_fields_left(self) -> list[str]:
-        return [name for name in self.AUTOMATIC if getattr(self, name) is None]
-
 
 class MSDNetParameters(NetworkParameters):
     name: Literal["MSDNet"] = "MSDNet"

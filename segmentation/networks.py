@@ -42,8 +42,8 @@ def build_network(
     """The untrained network that `parameters` describe, mapping (n, in_channels, y, x) to class logits."""
     if not isinstance(parameters, NetworkParameters):
         raise TypeError(f"no network for {type(parameters).__name__}")
-    if parameters.automatic_fields_left:
-        raise ValueError(f"set {', '.join(parameters.automatic_fields_left)} first: parameters.for_device(device type)")
+    if isinstance(parameters, TUNetParameters) and parameters.base_channels is None:
+        raise ValueError("base_channels is automatic: set it for a device first with parameters.for_device")
     if num_classes < 1 or in_channels < 1:
         raise ValueError(f"need at least one input channel and class, got {in_channels} and {num_classes}")
     layers = _LayerFactory(parameters.activation, parameters.normalization, parameters.dropout)

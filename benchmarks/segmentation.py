@@ -222,7 +222,8 @@ def speed(arguments: argparse.Namespace) -> None:
     synchronize(device)
     training = time.perf_counter() - started
     print(
-        f"TUNet, DLSIA defaults (depth {parameters.depth}, {parameters.base_channels} base channels), on {device}: "
+        f"TUNet, the defaults for {device.type} (depth {parameters.depth}, {parameters.base_channels} base channels; "
+        f"DLSIA's on cuda), on {device}: "
         f"train {training:.1f} s, {len(network.history)} epochs x {parameters.patches_per_epoch} patches of "
         f"{parameters.patch_size}^2",
         flush=True,

@@ -21,6 +21,6 @@ def test_the_gpu_script_trains_segments_and_streams_a_zarr_volume_on_the_cpu():
     )
     assert completed.returncode == 0, completed.stderr
     output = completed.stdout
-    assert re.search(r"TUNet, DLSIA defaults \(depth 4, 32 base channels\), on cpu: train [\d.]+ s, 1 epochs", output), output
+    assert re.search(r"TUNet, the defaults for cpu \(depth 4, 16 base channels; DLSIA's on cuda\), on cpu: train [\d.]+ s, 1 epochs", output), output
     assert re.search(r"segment 32\^3 in memory, whole slices: +[\d.]+ s  mean IoU [01]\.\d{3}", output), output
     assert re.search(r"inference 40\^3 from and to Zarr on disk, whole slices: +[\d.]+ s", output), output

@@ -44,7 +44,7 @@ from benchmarks.common import NUM_CLASSES, SLAB_DEPTH, generate_volume, machine,
 from benchmarks.painting import Scribbles, Style, scribble
 from benchmarks.volumes import FAMILIES, GeneratedVolume
 from mlex_tomo.phantom import PhantomSpec
-from segmentation.features import NUMPY_DEVICE
+from segmentation.features import forest_device
 from segmentation.inference import segment_slices, segment_with_tiles
 from segmentation.metrics import confusion_matrix, iou_from_confusion
 from segmentation.models import (
@@ -73,15 +73,15 @@ Method = Callable[[GeneratedVolume, Scribbles, torch.device], Outcome]
 
 
 def our_forest(volume: GeneratedVolume, scribbles: Scribbles, device: torch.device) -> Outcome:
-    forest_device = str(device) if device.type == "cuda" else NUMPY_DEVICE
+    back_end = forest_device(device)
     low, high = robust_range(volume.image)
     started = time.perf_counter()
     forest = train_random_forest(
-        normalize(volume.image[scribbles.slices], low, high), scribbles.masks, RandomForestParameters(), forest_device
+        normalize(volume.image[scribbles.slices], low, high), scribbles.masks, RandomForestParameters(), back_end
     )
     trained = time.perf_counter()
     labels = np.empty(volume.image.shape, np.uint8)
-    for start, block, _ in forest.iter_predictions(normalize(volume.image, low, high), forest_device):
+    for start, block, _ in forest.iter_predictions(normalize(volume.image, low, high), back_end):
         labels[start : start + len(block)] = block
     return Outcome(
         labels, trained - started, time.perf_counter() - trained, forest.held_out.mean_iou if forest.held_out else None

@@ -87,6 +87,11 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
+def forest_device(device: torch.device) -> str:
+    """The back end for a job on `device`: torch on a GPU; on a CPU node scipy, which is the faster one."""
+    return str(device) if device.type == "cuda" else NUMPY_DEVICE
+
+
 def compute_features(
     slices: NDArray[np.floating],
     parameters: RandomForestParameters,

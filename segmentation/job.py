@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from segmentation.features import NUMPY_DEVICE
+from segmentation.features import forest_device
 from segmentation.inference import SlabWriter, contiguous_blocks, segment_slices
 from segmentation.held_out import held_out_metrics
 from segmentation.labels import label_problems
@@ -217,11 +217,6 @@ def with_normalization(model: TrainedModel, intensity_range: tuple[float, float]
     if isinstance(model, TrainedNetwork):
         return dataclasses.replace(model, normalization=intensity_range)
     return dataclasses.replace(model, normalisation=intensity_range)
-
-
-def forest_device(device: torch.device) -> str:
-    """On a CPU node scipy computes the features faster than torch does."""
-    return str(device) if device.type == "cuda" else NUMPY_DEVICE
 
 
 def slices_per_block(

@@ -18,7 +18,7 @@ import torch
 from numpy.typing import NDArray
 
 from mlex_tomo.tiled_names import UNLABELLED
-from segmentation.features import NUMPY_DEVICE
+from segmentation.features import forest_device
 from segmentation.models import RandomForestParameters
 from segmentation.random_forest import train_random_forest
 
@@ -34,9 +34,9 @@ def forest_pseudo_labels(
     on (-1 unlabelled, including every pixel of the context slices).
     """
     labelled = np.flatnonzero((targets != UNLABELLED).any(axis=(1, 2)))
-    forest_device = str(device) if device.type == "cuda" else NUMPY_DEVICE
-    forest = train_random_forest(slices[labelled], targets[labelled], RandomForestParameters(seed=seed), forest_device)
-    labels, uncertainty = forest.predict_slices(slices, forest_device)
+    back_end = forest_device(device)
+    forest = train_random_forest(slices[labelled], targets[labelled], RandomForestParameters(seed=seed), back_end)
+    labels, uncertainty = forest.predict_slices(slices, back_end)
     pseudo = np.where(uncertainty <= 1 - CONFIDENCE, labels.astype(np.int8), np.int8(UNLABELLED))
     pseudo[targets != UNLABELLED] = UNLABELLED
     return pseudo

@@ -140,8 +140,6 @@ def train_network(
             progress({"event": "stage", "stage": "pseudo-labels", "done": 0, "of": 1})
         pseudo = forest_pseudo_labels(slices, training_targets, parameters.seed, device)
     weights = class_weights(training_targets, num_classes, parameters.weights)
-    # The forest's labels cover classes in about their true shares: weighing them equally would grow the rare ones.
-    pseudo_weights = None if pseudo is None else np.ones(num_classes, np.float32)
     sampler = PatchSampler(slices, training_targets, parameters.patch_size, rng, pseudo=pseudo)
     steps_per_epoch = math.ceil(parameters.patches_per_epoch / parameters.batch_size_train)
 
@@ -151,7 +149,8 @@ def train_network(
         module = build_network(parameters, num_classes=num_classes).to(device)
         optimizer = _optimizer(module, parameters)
         scribble_loss = MaskedCrossEntropy(weights, device)
-        pseudo_loss = None if pseudo_weights is None else MaskedCrossEntropy(pseudo_weights, device)
+        # The forest's labels cover classes in about their true shares: balancing them would grow the rare ones.
+        pseudo_loss = None if pseudo is None else MaskedCrossEntropy(np.ones(num_classes, np.float32), device)
         history: list[dict[str, Any]] = []
         best_rank: tuple[float, float] | None = None
         best_state: dict[str, torch.Tensor] | None = None

@@ -20,6 +20,7 @@ import h5py
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.launchers import LauncherName
 from flows.segmentation import SegmentationRequest, step_job_ids
 from flows.submit import submit_segmentation
 from mlex_tomo.announce import announce
@@ -49,6 +50,7 @@ class LoopOptions(BaseModel):
     labelled_slices: int = Field(default=3, ge=1, le=32, description="Slices with painted scribbles.")
     model: Literal["RandomForest", "MSDNet", "TUNet", "TUNet3+"] = "RandomForest"
     device: Literal["auto", "cuda", "cpu"] = "auto"
+    launcher: LauncherName | None = Field(default=None, description="Where the job runs; default: the worker's jobs.launcher.")
     via: Literal["broker", "tiled"] = Field(
         default="broker",
         description="broker: write a file under the recons root and announce it, as a beamline does; "
@@ -153,7 +155,7 @@ def _segment(settings: StackSettings, options: LoopOptions, record: LoopRecord, 
 
     request = SegmentationRequest(
         steps="train_and_infer", job_name=options.scan, data=f"{RECONS}/{options.scan}", mask=mask_path,
-        model={"name": options.model}, device=options.device,
+        model={"name": options.model}, device=options.device, launcher=options.launcher,
     )
     run = submit_segmentation(settings, request, tags=["mlex-tomo", "demo", f"scan:{options.scan}"])
     with SyncPrefectClient(settings.prefect.resolved_api_url) as client:

@@ -35,6 +35,7 @@ class JobExit:
     code: int
     last_event: dict[str, Any] | None
     stderr_tail: list[str]
+    ended_by: str | None = None  # who ended the job, where not the job itself: e.g. Slurm at its time limit
 
     @property
     def failure_message(self) -> str:
@@ -42,7 +43,7 @@ class JobExit:
             reason = self.last_event.get("message", "")
         else:
             reason = "\n".join(self.stderr_tail[-5:]) or "no output"
-        return f"the segmentation job exited with code {self.code}: {reason}"
+        return f"{self.ended_by or f'the segmentation job exited with code {self.code}'}: {reason}"
 
 
 class JobTerminated(Exception):
@@ -79,7 +80,7 @@ def run_launched_job(
     previous_handler = _stop_on_sigterm()
     try:
         for line in process.stdout:
-            event = _parse_event(line)
+            event = parse_event(line)
             if event is None:
                 on_log(line.rstrip("\n"), False)
             else:
@@ -128,7 +129,7 @@ def stop_when_the_parent_dies(check_seconds: float = PARENT_CHECK_SECONDS) -> No
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
-def _parse_event(line: str) -> dict[str, Any] | None:
+def parse_event(line: str) -> dict[str, Any] | None:
     text = line.strip()
     if not text.startswith("{"):
         return None

@@ -15,7 +15,7 @@ from typing import Literal
 
 from flows.leftovers import LAUNCHED_BY_LABEL
 
-LauncherName = Literal["process", "podman", "docker"]
+LauncherName = Literal["process", "podman", "docker", "slurm"]
 GpuRequest = Literal["auto", "gpus", "cdi"]
 CDI_ALL_GPUS = "nvidia.com/gpu=all"
 CONTAINER_PARAMETERS_PATH = "/job/params.yaml"
@@ -53,7 +53,7 @@ class ProcessLauncher:
     python: Path
 
     def launch(self, job_id: str, parameters_file: Path, models_dir: Path, resources: JobResources, secrets: dict[str, str]) -> Launch:
-        _check_name("job id", job_id)
+        check_name("job id", job_id)
         return Launch([str(self.python), "-m", "segmentation", str(parameters_file)], secrets)
 
 
@@ -75,7 +75,7 @@ class ContainerLauncher:
             raise LaunchRefused("jobs.container_rootfs needs podman; docker has no --rootfs")
 
     def launch(self, job_id: str, parameters_file: Path, models_dir: Path, resources: JobResources, secrets: dict[str, str]) -> Launch:
-        _check_name("job id", job_id)
+        check_name("job id", job_id)
         name = container_name(job_id)
         command = [
             self.engine, "run", "--rm", "--init",
@@ -91,8 +91,8 @@ class ContainerLauncher:
         for variable in sorted(secrets):
             command += ["--env", variable]
         command += [
-            "--volume", f"{_volume_path(parameters_file)}:{CONTAINER_PARAMETERS_PATH}:ro",
-            "--volume", f"{_volume_path(models_dir)}:{_volume_path(models_dir)}",
+            "--volume", f"{volume_path(parameters_file)}:{CONTAINER_PARAMETERS_PATH}:ro",
+            "--volume", f"{volume_path(models_dir)}:{volume_path(models_dir)}",
         ]
         if resources.gpus:
             command += self.gpu_options()
@@ -102,7 +102,7 @@ class ContainerLauncher:
             command += ["--memory", f"{max(1, round(resources.memory_gib * 1024))}m"]
         if self.rootfs is not None:  # takes the image's place, so it must come after every option
             python = str(self.rootfs_python or "python3")
-            command += ["--rootfs", f"{_volume_path(self.rootfs)}:O", python, "-m", "segmentation"]
+            command += ["--rootfs", f"{volume_path(self.rootfs)}:O", python, "-m", "segmentation"]
         else:
             command.append(self.image)
         command.append(CONTAINER_PARAMETERS_PATH)
@@ -132,12 +132,12 @@ def node_has_gpus() -> bool:
     return GPU_DEVICE.exists()
 
 
-def _check_name(what: str, value: str) -> None:
+def check_name(what: str, value: str) -> None:
     if not _SAFE_NAME.fullmatch(value):
         raise LaunchRefused(f"{what} {value!r} may hold only letters, digits, '.', '_' and '-'")
 
 
-def _volume_path(path: Path) -> str:
+def volume_path(path: Path) -> str:
     """An absolute path that cannot break a `--volume SOURCE:TARGET:OPTIONS` argument."""
     text = str(Path(path).resolve())
     if any(separator in text for separator in _VOLUME_SEPARATORS):

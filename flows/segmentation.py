@@ -2,7 +2,7 @@
 
 The flow holds no science: each step writes a parameters file and runs
 `python -m segmentation` through a launcher (a process here, a podman or docker
-container on a GPU node), forwarding the job's progress to Prefect. The step that
+container on a GPU node, a Slurm batch job on a cluster), forwarding the job's progress to Prefect. The step that
 trains hands its job id to the step that infers, by name.
 
 Steps:
@@ -16,6 +16,7 @@ from __future__ import annotations
 import re
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -26,9 +27,10 @@ from prefect.artifacts import create_link_artifact, create_progress_artifact, cr
 from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from flows.job_runner import run_launched_job, stop_when_the_parent_dies
+from flows.job_runner import JobExit, run_launched_job, stop_when_the_parent_dies
 from flows.leftovers import process_identity
 from flows.launchers import ContainerLauncher, JobResources, Launcher, LauncherName, ProcessLauncher, node_has_gpus
+from flows.slurm import SlurmLauncher, run_batch_job
 from mlex_tomo.settings import StackSettings, load_settings
 from mlex_tomo.tiled_names import RESULTS
 from mlex_tomo.validation import validation_problems
@@ -161,16 +163,15 @@ def run_step(request: SegmentationRequest, step: Step, job_id: str, trained_job_
     parameters = request.job_parameters(step, job_id, trained_job_id, settings.tiled.base_url, settings.models_path)
     parameters_file = write_parameters(parameters, settings.jobs_path)
     settings.models_path.mkdir(parents=True, exist_ok=True)  # containers mount it, so it must exist
-    launch = launcher_for(request, settings).launch(
-        job_id, parameters_file, settings.models_path, resources_for(request, settings), job_secrets(settings)
-    )
-    logger.info("launching job %s with %s", job_id, launch.command[0])
     progress = ProgressReporter(job_id, parameters.task)
-    exit_status = run_launched_job(
-        launch,
+    exit_status = run_job(
+        launcher_for(request, settings),
+        job_id,
+        parameters_file,
+        resources_for(request, settings),
+        settings,
         on_event=progress.handle,
         on_log=lambda line, is_error: (logger.warning if is_error else logger.info)("%s", line),
-        stop_grace_seconds=settings.jobs.stop_grace_seconds,
     )
     progress.close()
     if exit_status.code != 0:
@@ -186,11 +187,35 @@ def write_parameters(parameters: JobParameters, jobs_path: Path) -> Path:
     return path
 
 
-def launcher_for(request: SegmentationRequest, settings: StackSettings) -> Launcher:
+def run_job(
+    launcher: Launcher | SlurmLauncher,
+    job_id: str,
+    parameters_file: Path,
+    resources: JobResources,
+    settings: StackSettings,
+    on_event: Callable[[dict[str, Any]], None],
+    on_log: Callable[[str, bool], None],
+) -> JobExit:
+    """Start the job with its launcher and follow it to its end: a local process, or a Slurm batch job."""
+    logger = get_run_logger()
+    secrets, grace = job_secrets(settings), settings.jobs.stop_grace_seconds
+    if isinstance(launcher, SlurmLauncher):
+        batch_job = launcher.batch_job(job_id, parameters_file, settings.models_path, resources, secrets)
+        logger.info("launching job %s with sbatch %s", job_id, batch_job.script)
+        return run_batch_job(batch_job, on_event, on_log, settings.jobs.slurm.poll_seconds, grace)
+    launch = launcher.launch(job_id, parameters_file, settings.models_path, resources, secrets)
+    logger.info("launching job %s with %s", job_id, launch.command[0])
+    return run_launched_job(launch, on_event, on_log, stop_grace_seconds=grace)
+
+
+def launcher_for(request: SegmentationRequest, settings: StackSettings) -> Launcher | SlurmLauncher:
     jobs = settings.jobs
     name = request.launcher or jobs.launcher
+    python = jobs.python or Path(sys.executable)
     if name == "process":
-        return ProcessLauncher(python=jobs.python or Path(sys.executable))
+        return ProcessLauncher(python=python)
+    if name == "slurm":
+        return SlurmLauncher(settings=jobs.slurm, work_dir=settings.jobs_path, python=python, image=jobs.image)
     return ContainerLauncher(
         engine=name,
         image=jobs.image,
@@ -204,11 +229,16 @@ def launcher_for(request: SegmentationRequest, settings: StackSettings) -> Launc
 
 
 def resources_for(request: SegmentationRequest, settings: StackSettings) -> JobResources:
+    """What the job may use; for Slurm, `auto` GPUs are those the operator's `jobs.slurm` asks for, not this node's."""
     gpus = request.resources.gpus or settings.jobs.gpus
+    if (request.launcher or settings.jobs.launcher) == "slurm":
+        gpus_available = settings.jobs.slurm.asks_for_gpus
+    else:
+        gpus_available = node_has_gpus()
     return JobResources(
         cpus=request.resources.cpus or settings.jobs.cpus,
         memory_gib=request.resources.memory_gib or settings.jobs.memory_gib,
-        gpus=gpus == "all" or (gpus == "auto" and node_has_gpus()),
+        gpus=gpus == "all" or (gpus == "auto" and gpus_available),
     )
 
 

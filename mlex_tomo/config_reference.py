@@ -55,9 +55,20 @@ def render() -> str:
     for name, field in StackSettings.model_fields.items():
         model = _section(field)
         if model is not None:
-            title = f"`{name}`: {(model.__doc__ or '').strip() or name}"
-            sections.append(_table(title, f"{name}.", list(model.model_fields.items())))
+            sections += _section_tables(name, model)
     return "\n".join(sections)
+
+
+def _section_tables(key: str, model: type[BaseModel]) -> list[str]:
+    """A section's own settings, then each of its subsections (e.g. `jobs.slurm`) as a table of its own."""
+    fields = list(model.model_fields.items())
+    title = f"`{key}`: {(model.__doc__ or '').strip().splitlines()[0] or key}"
+    tables = [_table(title, f"{key}.", [(name, field) for name, field in fields if not _section(field)])]
+    for name, field in fields:
+        subsection = _section(field)
+        if subsection is not None:
+            tables += _section_tables(f"{key}.{name}", subsection)
+    return tables
 
 
 def _section(field: FieldInfo) -> type[BaseModel] | None:

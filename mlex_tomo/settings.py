@@ -275,10 +275,70 @@ class UISettings(Section):
         return self.username is not None
 
 
+SLURM_NAME = r"^[A-Za-z0-9][A-Za-z0-9._-]*$"
+
+
+class SlurmSettings(Section):
+    """The batch jobs the `slurm` launcher submits; the operator's alone, never a run's.
+
+    Each field becomes one `#SBATCH` line of the generated script (docs/operator-guide.md
+    shows one); an empty field leaves the cluster's default.
+    """
+
+    partition: str | None = Field(default=None, pattern=SLURM_NAME, description="`--partition`, e.g. gpu.")
+    account: str | None = Field(default=None, pattern=SLURM_NAME, description="`--account` charged for the jobs.")
+    qos: str | None = Field(default=None, pattern=SLURM_NAME, description="`--qos`, e.g. a beamtime's own.")
+    time_limit: str = Field(
+        default="02:00:00",
+        pattern=r"^(\d+-)?\d{1,2}(:\d{2}){0,2}$|^\d+$",
+        description="`--time`: minutes, or [days-]hours:minutes:seconds. Slurm ends a job past it (TIMEOUT).",
+    )
+    nodes: int = Field(default=1, ge=1, le=1024, description="`--nodes`.")
+    cpus_per_task: int | None = Field(
+        default=None, ge=1, le=4096, description="`--cpus-per-task`; a run's resources.cpus overrides it."
+    )
+    memory: str | None = Field(
+        default=None, pattern=r"^\d+[KMGT]?$", description="`--mem`, e.g. 64G; a run's resources.memory_gib overrides it."
+    )
+    gpus: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9_:.-]+$",
+        description="`--gpus` of a job that gets GPUs, e.g. 1 or h200:1. With jobs.gpus auto, jobs get GPUs "
+        "when this or `gres` is set.",
+    )
+    gres: str | None = Field(
+        default=None, pattern=r"^[A-Za-z0-9_:.,-]+$", description="`--gres` instead of `--gpus`, e.g. gpu:1, for sites that use it."
+    )
+    extra_directives: list[Annotated[str, Field(pattern=r"^--[A-Za-z][A-Za-z0-9-]*(=[^\s#]+)?$")]] = Field(
+        default_factory=list, description="More `#SBATCH` options, e.g. --constraint=h200 or --exclusive."
+    )
+    runtime: Literal["python", "podman", "apptainer"] = Field(
+        default="python",
+        description="How the batch job runs `python -m segmentation`: jobs.python on the node (a shared environment), "
+        "or jobs.image through podman, or an Apptainer image (apptainer_image).",
+    )
+    apptainer_image: AbsolutePath | None = Field(
+        default=None, description="The job image as a .sif file on shared storage, for runtime: apptainer."
+    )
+    poll_seconds: float = Field(
+        default=2.0, gt=0, le=60, description="How often the job's state and output are read (upstream: sacct every 10 s)."
+    )
+
+    @property
+    def asks_for_gpus(self) -> bool:
+        return self.gpus is not None or self.gres is not None
+
+    @model_validator(mode="after")
+    def _apptainer_needs_an_image(self) -> SlurmSettings:
+        if self.runtime == "apptainer" and self.apptainer_image is None:
+            raise ValueError("runtime apptainer needs jobs.slurm.apptainer_image (a .sif file on shared storage)")
+        return self
+
+
 class JobSettings(Section):
     """How the worker launches segmentation jobs (`python -m segmentation params.yaml`)."""
 
-    launcher: Literal["process", "podman", "docker"] = Field(
+    launcher: Literal["process", "podman", "docker", "slurm"] = Field(
         default="process", description="Default launcher; a run may name another."
     )
     python: AbsolutePath | None = Field(
@@ -320,6 +380,7 @@ class JobSettings(Section):
     stop_grace_seconds: float = Field(
         default=3.0, gt=0, le=60, description="After SIGTERM, how long a cancelled job may take before it is killed."
     )
+    slurm: SlurmSettings = SlurmSettings()
 
 
 class StackSettings(BaseSettings):

@@ -147,6 +147,7 @@ def _add_loop_arguments(command: argparse.ArgumentParser, default_scan: str) -> 
     command.add_argument("--labelled-slices", type=int, default=3, help="slices with painted scribbles (default 3)")
     command.add_argument("--model", default="RandomForest", help="RandomForest (default), MSDNet, TUNet or TUNet3+")
     command.add_argument("--device", default="auto", help="auto (default), cuda or cpu")
+    command.add_argument("--launcher", help="process, podman, docker or slurm (default: the worker's jobs.launcher)")
     command.add_argument(
         "--via", default="broker",
         help="broker (default): write a file under the recons root and announce it; tiled: upload it through Tiled",
@@ -164,7 +165,7 @@ def _run_loop(settings: StackSettings, arguments: argparse.Namespace):
     try:
         options = LoopOptions(
             scan=arguments.scan, size=arguments.size, labelled_slices=arguments.labelled_slices, model=arguments.model,
-            device=arguments.device, via=arguments.via, timeout_seconds=arguments.timeout,
+            device=arguments.device, launcher=arguments.launcher, via=arguments.via, timeout_seconds=arguments.timeout,
         )
     except ValidationError as error:
         problems = "; ".join(validation_problems(error, field_name=_option_name))

@@ -128,7 +128,7 @@ def test_a_failing_job_fails_the_run_with_its_last_words(stack):
         ({"job_name": "$(touch /tmp/pwned)"}, "job_name"),
         ({"model": {"name": "TUNet", "num_epochs": 0}}, "num_epochs"),
         ({"steps": "infer"}, "trained_job_id"),
-        ({"launcher": "slurm"}, "launcher"),
+        ({"launcher": "lsf"}, "launcher"),
         ({"tiled_api_key": "stolen"}, "tiled_api_key"),
     ],
 )

@@ -6,8 +6,9 @@ SUDO := $(shell [ "$$(id -u)" -eq 0 ] || echo sudo)
 APT_PACKAGES := activemq default-jre-headless python3-venv
 # What only the tests need: podman runs the segmentation job in a real container,
 # Chromium is the browser Playwright drives (its own browser download is not used),
-# Slurm and munge make the single-node cluster the slurm launcher's tests submit to.
-TEST_APT_PACKAGES := podman runc chromium slurm-wlm munge
+# Slurm and munge make the single-node cluster the slurm launcher's tests submit to,
+# PostgreSQL is what `up` runs with postgres.embedded.
+TEST_APT_PACKAGES := podman runc chromium slurm-wlm munge postgresql
 # uv does not read pip's config: hand it pip's local wheel folder (e.g. a CPU-only torch).
 export UV_FIND_LINKS ?= $(or $(PIP_FIND_LINKS),$(shell $(PYTHON) -m pip config get global.find-links 2>/dev/null))
 
@@ -40,7 +41,7 @@ system-deps:
 
 test-system-deps:
 	@if ! command -v podman >/dev/null || ! command -v runc >/dev/null || ! command -v chromium >/dev/null \
-	    || ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null; then \
+	    || ! command -v slurmctld >/dev/null || ! command -v munged >/dev/null || ! ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1; then \
 	  echo "installing $(TEST_APT_PACKAGES) with apt-get"; \
 	  $(SUDO) apt-get update -qq && \
 	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq $(TEST_APT_PACKAGES); \

@@ -18,7 +18,7 @@ from prefect.utilities.callables import parameter_schema
 
 from flows.ping import ping
 from flows.segmentation import segmentation
-from mlex_tomo.settings import StackSettings
+from mlex_tomo.settings import PrefectSettings, StackSettings
 
 
 @dataclass(frozen=True)
@@ -45,16 +45,21 @@ DEPLOYMENTS = (
 def register_deployments(settings: StackSettings) -> list[str]:
     """Create or update every deployment (and the work pool if missing); return their names."""
     with temporary_settings({PREFECT_API_URL: settings.prefect.resolved_api_url}):
-        return asyncio.run(_register(settings.prefect.work_pool))
+        return asyncio.run(_register(settings.prefect))
 
 
-async def _register(work_pool: str) -> list[str]:
-    names = []
+async def _register(prefect: PrefectSettings) -> list[str]:
+    names, work_pool = [], prefect.work_pool
     async with get_client() as client:
         try:
             await client.read_work_pool(work_pool)
         except ObjectNotFound:
             await client.create_work_pool(WorkPoolCreate(name=work_pool, type="process"))
+        for queue in dict.fromkeys([prefect.forest_queue, prefect.network_queue]):  # where flows/submit.py routes runs
+            try:
+                await client.read_work_queue_by_name(queue, work_pool_name=work_pool)
+            except ObjectNotFound:
+                await client.create_work_queue(queue, work_pool_name=work_pool)
         for spec in DEPLOYMENTS:
             flow_id = await client.create_flow_from_name(spec.flow.name)
             await client.create_deployment(

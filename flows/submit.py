@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from flows.segmentation import SegmentationRequest
-from mlex_tomo.settings import StackSettings
+from mlex_tomo.settings import PrefectSettings, StackSettings
 
 if TYPE_CHECKING:
     from prefect.client.schemas.objects import FlowRun
@@ -23,6 +23,17 @@ def submit_segmentation(settings: StackSettings, request: SegmentationRequest, t
             DEPLOYMENT,
             parameters={"request": request.model_dump(mode="json", exclude_none=True)},
             tags=tags,
+            work_queue_name=work_queue_for(request, settings.prefect),
             timeout=0,
             as_subflow=False,
         )
+
+
+def work_queue_for(request: SegmentationRequest, prefect: PrefectSettings) -> str:
+    """Training a random forest may run on any node; the rest goes to the GPU nodes' queue.
+
+    A run that only segments goes there too: its model's kind is known only once the
+    job reads it, and a forest segments on a GPU node as well.
+    """
+    model = request.model
+    return prefect.forest_queue if model is not None and model.name == "RandomForest" else prefect.network_queue

@@ -100,6 +100,33 @@ def ingester_health(settings: StackSettings) -> Health:
     return Health("ingester", True, label, counts)
 
 
+def postgres_health(settings: StackSettings) -> Health:
+    """A login to the catalog's database with the generated password, not merely an open port."""
+    import asyncio
+
+    import asyncpg
+
+    postgres = settings.postgres
+    url = f"postgresql://{postgres.host}:{postgres.port}"
+    try:
+        password = settings.postgres_password_path.read_text().strip()
+    except OSError as error:
+        return Health("postgres", False, url, f"no password: {error.strerror}")
+
+    async def log_in() -> None:
+        connection = await asyncpg.connect(
+            host=postgres.host, port=postgres.port, user=postgres.user, password=password, database="tiled",
+            timeout=PROBE_TIMEOUT_SECONDS,
+        )
+        await connection.close()
+
+    try:
+        asyncio.run(log_in())
+    except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as error:
+        return Health("postgres", False, url, str(error) or type(error).__name__)
+    return Health("postgres", True, url)
+
+
 def _http_health(service: str, url: str, probe_url: str) -> Health:
     try:
         response = httpx.get(probe_url, timeout=PROBE_TIMEOUT_SECONDS)
@@ -117,4 +144,6 @@ def ui_health(settings: StackSettings) -> Health:
 
 def stack_health(settings: StackSettings) -> list[Health]:
     probes = (broker_health, tiled_health, prefect_health, worker_health, ingester_health, ui_health)
+    if settings.postgres.embedded:
+        probes = (postgres_health, *probes)
     return [probe(settings) for probe in probes]

@@ -15,6 +15,7 @@ from mlex_tomo.health import (
     Health,
     broker_health,
     ingester_health,
+    postgres_health,
     prefect_health,
     tiled_health,
     ui_health,
@@ -32,12 +33,13 @@ class Service:
     """Setting name -> port this service will listen on, checked free before start."""
 
 
-def embedded_services(settings: StackSettings) -> tuple[list[Service], list[Service]]:
-    """Servers, then their clients: the clients start once every server is healthy.
+def embedded_services(settings: StackSettings) -> tuple[list[Service], list[Service], list[Service]]:
+    """Databases, servers, then their clients: each wave starts once the one before is healthy.
 
     A service configured with an external URL (`tiled.url`, `prefect.api_url`,
     `broker.url`) is not started; its probe still runs in `mlex-tomo status`.
     """
+    databases = [postgres_service(settings)] if uses_embedded_postgres(settings) else []
     servers = []
     if settings.broker.embedded:
         servers.append(broker_service(settings))
@@ -45,7 +47,35 @@ def embedded_services(settings: StackSettings) -> tuple[list[Service], list[Serv
         servers.append(tiled_service(settings))
     if settings.prefect.embedded:
         servers.append(prefect_server_service(settings))
-    return servers, [worker_service(settings), ingester_service(settings), ui_service(settings)]
+    return databases, servers, [worker_service(settings), ingester_service(settings), ui_service(settings)]
+
+
+def uses_embedded_postgres(settings: StackSettings) -> bool:
+    """Only when an embedded Tiled or Prefect would use it: an external or configured database needs none."""
+    tiled_uses = settings.tiled.embedded and not settings.tiled.catalog_uri
+    prefect_uses = settings.prefect.embedded and not settings.prefect.database_url
+    return settings.postgres.embedded and (tiled_uses or prefect_uses)
+
+
+def postgres_service(settings: StackSettings) -> Service:
+    postgres = settings.postgres
+    return Service(
+        name="postgres",
+        command=[sys.executable, "-m", "stack.postgres", *postgres_arguments(settings)],
+        probe=postgres_health,
+        ports={"postgres.port": postgres.port},
+    )
+
+
+def postgres_arguments(settings: StackSettings) -> list[str]:
+    postgres = settings.postgres
+    arguments = [
+        "--data", str(settings.data_path / "postgres"), "--password-file", str(settings.postgres_password_path),
+        "--host", postgres.host, "--port", str(postgres.port), "--user", postgres.user,
+    ]
+    if postgres.bin_dir is not None:
+        arguments += ["--bin-dir", str(postgres.bin_dir)]
+    return arguments
 
 
 def broker_service(settings: StackSettings) -> Service:
@@ -61,7 +91,7 @@ def broker_service(settings: StackSettings) -> Service:
 def tiled_service(settings: StackSettings) -> Service:
     tiled = settings.tiled
     api_key = tiled.api_key.get_secret_value() if tiled.api_key else ""
-    catalog = tiled.catalog_uri or f"sqlite:///{settings.data_path / 'tiled' / 'catalog.db'}"
+    catalog = settings.tiled_catalog_uri
     return Service(
         name="tiled",
         command=[
@@ -81,8 +111,7 @@ def tiled_service(settings: StackSettings) -> Service:
 
 def prefect_server_service(settings: StackSettings) -> Service:
     prefect = settings.prefect
-    home = settings.data_path / "prefect"
-    database = prefect.database_url or f"sqlite+aiosqlite:///{home / 'prefect.db'}"
+    database = settings.prefect_database_url
     return Service(
         name="prefect",
         command=[
@@ -105,11 +134,16 @@ def worker_service(settings: StackSettings) -> Service:
 
 def prefect_worker_command(settings: StackSettings) -> list[str]:
     prefect = settings.prefect
-    return [
+    command = [
         sys.executable, "-m", "prefect", "worker", "start",
         "--pool", prefect.work_pool, "--type", "process",
-        "--name", f"{socket.gethostname()}-{prefect.work_pool}",
+        "--name", prefect.worker_name or f"{socket.gethostname()}-{prefect.work_pool}",
     ]
+    for queue in prefect.worker_queues:
+        command += ["--work-queue", queue]
+    if prefect.worker_limit is not None:
+        command += ["--limit", str(prefect.worker_limit)]
+    return command
 
 
 def worker_environment(settings: StackSettings) -> dict[str, str]:

@@ -26,7 +26,7 @@ from mlex_tomo.health import Health
 from mlex_tomo.settings import GENERATED_BROKER_USER, StackSettings
 from stack import activemq
 from stack.processes import ManagedProcess, open_private_log
-from stack.services import Service, embedded_services, write_child_settings
+from stack.services import Service, embedded_services, uses_embedded_postgres, write_child_settings
 
 PROBE_INTERVAL_SECONDS = 0.5
 MONITOR_INTERVAL_SECONDS = 1.0
@@ -56,8 +56,9 @@ class Stack:
         settings = self.settings
         if settings.broker.embedded:
             activemq.check_installation(settings.broker)
-        servers, clients = self._prepare()
-        _check_ports_free(servers + clients)
+        databases, servers, clients = self._prepare()
+        _check_ports_free(databases + servers + clients)
+        self._start_wave(databases)
         self._start_wave(servers)
         try:
             self._initialise_services()
@@ -72,7 +73,7 @@ class Stack:
             self._launch(service)
         self._wait_healthy(wave)
 
-    def _prepare(self) -> tuple[list[Service], list[Service]]:
+    def _prepare(self) -> tuple[list[Service], list[Service], list[Service]]:
         settings = self.settings
         state = settings.data_path
         for directory in (
@@ -88,6 +89,8 @@ class Stack:
             password = SecretStr(_generate_secret(settings.broker_password_path))
             broker = settings.broker.model_copy(update={"user": GENERATED_BROKER_USER, "password": password})
             self.settings = settings = settings.model_copy(update={"broker": broker})
+        if uses_embedded_postgres(settings) and not settings.postgres_password_path.is_file():
+            _generate_secret(settings.postgres_password_path)
         # `up` registers the scans on disk itself, to report them; its ingester need not do it again.
         ingester = settings.ingester.model_copy(update={"register_existing": False})
         write_child_settings(settings.model_copy(update={"ingester": ingester}))

@@ -43,8 +43,8 @@ def test_services_with_an_external_address_are_not_started(tmp_path):
         },
         environ={},
     )
-    servers, clients = embedded_services(settings)
-    assert [service.name for service in servers] == ["prefect"]
+    databases, servers, clients = embedded_services(settings)
+    assert databases == [] and [service.name for service in servers] == ["prefect"]
     assert [service.name for service in clients] == ["worker", "ingester", "ui"]
     assert settings.broker.stomp_address == ("broker.facility", 61613)
     assert settings.tiled.base_url == "http://tiled.facility:8000"
@@ -56,7 +56,7 @@ def test_children_are_handed_absolute_paths_when_data_dir_is_relative(tmp_path, 
     start = Path.cwd()
     settings = load_settings(overrides={"data_dir": "data", "broker": {"url": "stomp://127.0.0.1:1"}}, environ={})
     stack = Stack(settings, io.StringIO())
-    _, clients = stack._prepare()
+    _, _, clients = stack._prepare()
     monkeypatch.chdir("/")
 
     written = yaml.safe_load(child_settings_path(stack.settings).read_text())

@@ -1,6 +1,6 @@
 """Time from `run_deployment` (as the UI calls it) to the segmentation job's process running.
 
-    python -m benchmarks.flows [--runs 20]
+    python -m benchmarks.flows [--runs 20] [--slurm]
 
 Starts `mlex-tomo up` in a temporary data directory (its worker polls every second),
 trains a small random forest once, then times `--runs` inference runs: from just
@@ -8,6 +8,11 @@ before `run_deployment(..., timeout=0)` to the creation time of the job's proces
 (`python -m segmentation ...`), as the kernel records it. The baseline, in the same
 run, is the same deployment on a second work pool served by a worker with Prefect's
 default polling interval.
+
+With `--slurm` (root, Debian's slurm-wlm and munge) it also starts a single-node Slurm
+cluster and times the same runs through the slurm launcher, next to the process
+launcher, then cancels a few running jobs through each: from the flow run set
+Cancelling to the job's process gone (and, for Slurm, the job out of squeue).
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ from prefect.settings import PREFECT_API_URL, PREFECT_WORKER_QUERY_SECONDS, temp
 from prefect.utilities.callables import parameter_schema
 from tiled.client import from_uri
 
+from prefect.states import Cancelling
+
 from benchmarks.common import NUM_CLASSES, paint_scribbles
 from benchmarks.ingest import percentile
 from benchmarks.harness import clean_environment, start_stack
@@ -40,11 +47,14 @@ from flows.segmentation import segmentation
 from mlex_tomo.phantom import PhantomSpec, generate
 from mlex_tomo.settings import StackSettings
 from stack.services import prefect_worker_command, worker_environment
+from tests.slurm_cluster import SlurmCluster
 
 BASELINE_POOL = "segmentation-default-polling"
 BASELINE_DEPLOYMENT = "segmentation-default-polling"
 LABELLED_SLICES = [8, 24]
 RUN_TIMEOUT_SECONDS = 300
+CANCELS = 5
+SLOW_MODEL = {"name": "TUNet", "depth": 2, "base_channels": 4, "num_epochs": 10_000, "early_stopping_patience": 10_000}
 
 
 def write_sample(settings: StackSettings) -> dict[str, str]:
@@ -83,13 +93,47 @@ def start_baseline_worker(settings: StackSettings) -> subprocess.Popen:
 
 def job_started_at(job_name: str, deadline: float) -> float:
     """Creation time of the job process whose parameters file names `job_name`."""
+    return job_process(job_name, deadline).create_time()
+
+
+def job_process(job_name: str, deadline: float) -> psutil.Process:
     while time.time() < deadline:
-        for process in psutil.process_iter(["cmdline", "create_time"]):
+        for process in psutil.process_iter(["cmdline"]):
             command = process.info["cmdline"] or []
             if "segmentation" in command and any(f"/{job_name}-" in part for part in command):
-                return process.info["create_time"]
+                return process
         time.sleep(0.01)
     raise SystemExit(f"no job process for {job_name} appeared")
+
+
+def time_cancels(request: dict, count: int, label: str, cluster: SlurmCluster | None) -> list[float]:
+    """Seconds from the run set Cancelling to its job's process gone and, on Slurm, the job out of the queue."""
+    delays = []
+    for index in range(count):
+        job_name = f"{label}{index}"
+        flow_run = run_deployment(
+            "segmentation/segmentation", parameters={"request": {**request, "job_name": job_name}}, timeout=0
+        )
+        job = job_process(job_name, time.time() + RUN_TIMEOUT_SECONDS)
+        asyncio.run(set_cancelling(flow_run.id))
+        started = time.monotonic()
+        while alive(job) or (cluster is not None and cluster.jobs()):
+            time.sleep(0.01)
+        delays.append(time.monotonic() - started)
+        asyncio.run(wait_final(flow_run.id))
+    return delays
+
+
+def alive(process: psutil.Process) -> bool:
+    try:
+        return process.is_running() and process.status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+async def set_cancelling(flow_run_id) -> None:
+    async with get_client() as client:
+        await client.set_flow_run_state(flow_run_id, Cancelling(), force=True)
 
 
 def time_runs(deployment: str, request: dict, count: int, label: str) -> list[float]:
@@ -125,10 +169,15 @@ def report(label: str, delays: list[float]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--slurm", action="store_true", help="also through the slurm launcher on a local single-node Slurm")
     arguments = parser.parse_args()
     data_dir = Path(tempfile.mkdtemp(prefix="mlex-flows-bench-"))
-    stack, baseline_worker = None, None
+    stack, baseline_worker, cluster = None, None, None
     try:
+        if arguments.slurm:
+            cluster = SlurmCluster(data_dir / "slurm")
+            cluster.start()
+            os.environ.update(cluster.environment)  # the worker's Slurm commands find the cluster through it
         stack, settings = start_stack(data_dir)
         sample = write_sample(settings)
         with temporary_settings({PREFECT_API_URL: settings.prefect.resolved_api_url}):
@@ -146,9 +195,20 @@ def main() -> None:
             baseline_worker = start_baseline_worker(settings)
             ours = time_runs("segmentation/segmentation", request, arguments.runs, "fast")
             baseline = time_runs(f"segmentation/{BASELINE_DEPLOYMENT}", request, arguments.runs, "default")
+            if cluster is not None:
+                slurm = time_runs("segmentation/segmentation", {**request, "launcher": "slurm"}, arguments.runs, "slurm")
+                slow = {**sample, "steps": "train", "model": SLOW_MODEL}
+                cancels = {
+                    "process": time_cancels({**slow, "launcher": "process"}, CANCELS, "cancelprocess", None),
+                    "slurm": time_cancels({**slow, "launcher": "slurm"}, CANCELS, "cancelslurm", cluster),
+                }
         print(f"machine: {platform.node()} {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}")
-        report(f"mlex-tomo worker (polls every {settings.prefect.worker_query_seconds:g} s)", ours)
+        report(f"mlex-tomo worker (polls every {settings.prefect.worker_query_seconds:g} s), process launcher", ours)
         report(f"baseline: Prefect's default worker polling ({PREFECT_WORKER_QUERY_SECONDS.value():g} s)", baseline)
+        if cluster is not None:
+            report(f"mlex-tomo worker, slurm launcher (state read every {settings.jobs.slurm.poll_seconds:g} s)", slurm)
+            for launcher, delays in cancels.items():
+                report(f"cancel -> job gone, {launcher} launcher", delays)
     finally:
         for process in (baseline_worker, stack):
             if process is not None and process.poll() is None:
@@ -158,6 +218,8 @@ def main() -> None:
                 except subprocess.TimeoutExpired:
                     process.kill()
                     process.wait()
+        if cluster is not None:
+            cluster.stop()
         shutil.rmtree(data_dir, ignore_errors=True)
 
 

@@ -215,15 +215,22 @@ def launcher_for(request: SegmentationRequest, settings: StackSettings) -> Launc
     if name == "process":
         return ProcessLauncher(python=python)
     if name == "slurm":
-        return SlurmLauncher(settings=jobs.slurm, work_dir=settings.jobs_path, python=python, image=jobs.image)
+        # A container on a cluster node is Slurm's to stop and no worker's leftover: no launched-by label.
+        container = container_launcher("podman", settings, launched_by=None)
+        return SlurmLauncher(settings=jobs.slurm, work_dir=settings.jobs_path, python=python, container=container)
+    return container_launcher(name, settings, launched_by=process_identity())
+
+
+def container_launcher(engine: Literal["podman", "docker"], settings: StackSettings, launched_by: str | None) -> ContainerLauncher:
+    jobs = settings.jobs
     return ContainerLauncher(
-        engine=name,
+        engine=engine,
         image=jobs.image,
         network=jobs.container_network,
         rootfs=jobs.container_rootfs,
         rootfs_python=jobs.python,
         stop_grace_seconds=jobs.stop_grace_seconds,
-        launched_by=process_identity(),
+        launched_by=launched_by,
         gpu_request=jobs.gpu_request,
     )
 

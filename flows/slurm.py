@@ -73,7 +73,7 @@ class SlurmLauncher:
     settings: SlurmSettings
     work_dir: Path
     python: Path
-    image: str
+    container: ContainerLauncher  # for runtime podman: the podman launcher as the worker's settings make it
 
     def batch_job(
         self, job_id: str, parameters_file: Path, models_dir: Path, resources: JobResources, secrets: dict[str, str]
@@ -125,8 +125,7 @@ class SlurmLauncher:
             return [str(self.python), "-m", "segmentation", str(parameters_file)]
         if runtime == "podman":
             # Resources are Slurm's to enforce here; the container takes the whole allocation.
-            container = ContainerLauncher(engine="podman", image=self.image)
-            return container.launch(job_id, parameters_file, models_dir, JobResources(gpus=resources.gpus), secrets).command
+            return self.container.launch(job_id, parameters_file, models_dir, JobResources(gpus=resources.gpus), secrets).command
         command = ["apptainer", "exec"]
         if resources.gpus:
             command.append("--nv")

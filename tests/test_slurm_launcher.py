@@ -3,24 +3,28 @@
 from __future__ import annotations
 
 import os
+import shutil
+import sys
 import time
 from pathlib import Path
 
 import pytest
 
 from flows.job_runner import JobTerminated
-from flows.launchers import JobResources, LaunchRefused
+from flows.launchers import ContainerLauncher, JobResources, LaunchRefused
 from flows.slurm import BatchJob, GrowingFile, SlurmLauncher, run_batch_job
 from mlex_tomo.settings import SettingsError, SlurmSettings, load_settings
 from tests.slurm_cluster import MISSING_REASON, SlurmCluster, slurm_available
 from tests.services import wait_for
 
 SECRET = "0123456789abcdef" * 4
+CONTAINERS_CONF = Path(__file__).parent / "podman" / "containers.conf"
 CANCEL_SECONDS = 5
 
 
 def launcher(tmp_path: Path, **settings) -> SlurmLauncher:
-    return SlurmLauncher(SlurmSettings(**settings), tmp_path / "jobs", Path("/opt/env/bin/python"), "registry.example/seg:1")
+    container = ContainerLauncher("podman", "registry.example/seg:1")
+    return SlurmLauncher(SlurmSettings(**settings), tmp_path / "jobs", Path("/opt/env/bin/python"), container)
 
 
 def script_lines(batch_job: BatchJob) -> list[str]:
@@ -86,7 +90,7 @@ def test_hostile_values_are_refused_or_stay_one_quoted_argument(tmp_path):
     slurm = launcher(tmp_path)
     with pytest.raises(LaunchRefused, match="job id"):
         slurm.batch_job("x\n#SBATCH --uid=0", tmp_path / "x.yaml", tmp_path, JobResources(), {})
-    spaced = SlurmLauncher(SlurmSettings(), tmp_path / "my jobs", Path("/opt/env/bin/python"), "image")
+    spaced = SlurmLauncher(SlurmSettings(), tmp_path / "my jobs", Path("/opt/env/bin/python"), ContainerLauncher("podman", "image"))
     with pytest.raises(LaunchRefused, match="#SBATCH line"):
         spaced.batch_job("job-1", tmp_path / "job-1.yaml", tmp_path, JobResources(), {})
     odd = slurm.batch_job("job-2", tmp_path / "it's $(here).yaml", tmp_path, JobResources(), {})
@@ -211,3 +215,20 @@ def test_a_job_past_its_time_limit_fails_with_slurms_reason(cluster, tmp_path):
     assert ended.code != 0
     assert ended.ended_by is not None and ended.ended_by.endswith("ended TIMEOUT (TimeLimit)")
     assert ended.failure_message.startswith("Slurm job ") and "TIMEOUT" in ended.failure_message
+
+
+@needs_slurm
+@pytest.mark.skipif(shutil.which("podman") is None, reason="podman is not installed (make test installs it)")
+def test_the_podman_runtime_runs_the_job_module_in_a_container_on_the_node(cluster, tmp_path, monkeypatch):
+    """The real path up to the job's own checks: sbatch, podman on the node, the parameters file mounted, its verdict back."""
+    monkeypatch.setenv("CONTAINERS_CONF", os.environ.get("CONTAINERS_CONF", str(CONTAINERS_CONF)))
+    container = ContainerLauncher("podman", "unused", rootfs=Path("/"), rootfs_python=Path(sys.executable))
+    slurm = SlurmLauncher(SlurmSettings(runtime="podman"), tmp_path / "jobs", Path(sys.executable), container)
+    parameters = tmp_path / "params.yaml"
+    parameters.write_text("task: train\n")
+    (tmp_path / "models").mkdir()  # the flow makes it before any launch
+    batch_job = slurm.batch_job("boxed-1", parameters, tmp_path / "models", JobResources(), {"TILED_API_KEY": SECRET})
+    events = []
+    ended = run_batch_job(batch_job, events.append, lambda line, is_error: None, poll_seconds=0.5)
+    assert ended.code == 2, ended.failure_message
+    assert events[-1]["event"] == "failed" and "/job/params.yaml has invalid parameters" in events[-1]["message"]

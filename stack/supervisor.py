@@ -200,7 +200,9 @@ class Stack:
             ("Prefect UI", settings.prefect.resolved_api_url.removesuffix("/api")),
             ("Prefect API", settings.prefect.resolved_api_url),
             ("ActiveMQ STOMP", "stomp://{}:{}".format(*settings.broker.stomp_address)),
-            ("Work pool", settings.prefect.work_pool),
+            *([("PostgreSQL", f"{settings.postgres.host}:{settings.postgres.port} (databases tiled, prefect)")]
+              if uses_embedded_postgres(settings) else []),
+            ("Work pool", f"{settings.prefect.work_pool} (queues {settings.prefect.forest_queue}, {settings.prefect.network_queue})"),
             ("Ingesting from", settings.ingester.destination),
             *([("Scans on disk", self.existing_scans)] if self.existing_scans is not None else []),
             ("Logs", str(settings.logs_path)),

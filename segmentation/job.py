@@ -25,7 +25,7 @@ from segmentation.inference import SlabWriter, contiguous_blocks, segment_slices
 from segmentation.held_out import held_out_metrics
 from segmentation.labels import label_problems
 from segmentation.model_store import ModelStore, TrainedModel
-from segmentation.models import MSDNetParameters, NetworkParameters, RandomForestParameters
+from segmentation.models import MSDNetParameters, NetworkParameters, RandomForestParameters, TUNet3PlusParameters
 from segmentation.normalization import normalize, robust_range
 from segmentation.parameters import JobParameters
 from segmentation.pseudo_labels import context_indices
@@ -250,6 +250,8 @@ def network_width(parameters: NetworkParameters) -> int:
     """Channels of the widest full-resolution feature map."""
     if isinstance(parameters, MSDNetParameters):
         return 1 + parameters.num_layers * parameters.layer_width
+    if isinstance(parameters, TUNet3PlusParameters):
+        return parameters.depth * parameters.carryover_channels  # the fused maps of the top decoder level
     return 2 * parameters.base_channels  # decoder input: upsampled features joined to the skip
 
 

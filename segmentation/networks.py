@@ -42,8 +42,9 @@ def build_network(
     """The untrained network that `parameters` describe, mapping (n, in_channels, y, x) to class logits."""
     if not isinstance(parameters, NetworkParameters):
         raise TypeError(f"no network for {type(parameters).__name__}")
-    if isinstance(parameters, TUNetParameters) and parameters.base_channels is None:
-        raise ValueError("base_channels is automatic: set it for a device first with parameters.for_device")
+    automatic = [name for name in ("base_channels", "carryover_channels") if getattr(parameters, name, 0) is None]
+    if automatic:
+        raise ValueError(f"{' and '.join(automatic)} automatic: set for a device first with parameters.for_device")
     if num_classes < 1 or in_channels < 1:
         raise ValueError(f"need at least one input channel and class, got {in_channels} and {num_classes}")
     layers = _LayerFactory(parameters.activation, parameters.normalization, parameters.dropout)

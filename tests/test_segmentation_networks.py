@@ -123,6 +123,17 @@ def test_carryover_channels_set_the_width_of_every_decoder_level() -> None:
         assert fusion[0][0].in_channels == fusion[0][0].out_channels == 20
 
 
+def test_empty_width_fields_are_set_for_the_device_before_a_network_is_built() -> None:
+    automatic = TUNet3PlusParameters(depth=3)
+    with pytest.raises(ValueError, match="base_channels and carryover_channels automatic"):
+        build_network(automatic, num_classes=2)
+    on_cpu, on_gpu = automatic.for_device("cpu"), automatic.for_device("cuda")
+    assert (on_cpu.base_channels, on_cpu.carryover_channels) == (16, 8)
+    assert (on_gpu.base_channels, on_gpu.carryover_channels) == (32, 32)  # DLSIA's
+    assert TUNet3PlusParameters(carryover_channels=5).for_device("cuda").carryover_channels == 5
+    assert built(on_cpu, num_classes=2).classifier.in_channels == 3 * 8
+
+
 @pytest.mark.parametrize(
     "normalization, layer_type",
     [

@@ -30,6 +30,7 @@ from mlex_tomo.settings import SlurmSettings
 
 JOB_NAME_PREFIX = "mlex-tomo-"
 COMMAND_TIMEOUT_SECONDS = 30
+WORKER_ONLY_PREFIXES = ("MLEX_TOMO_", "PREFECT_")
 # How long the controller may stay unreachable before the follower gives the job up.
 CONTROLLER_PATIENCE_SECONDS = 300
 ACTIVE_STATES = {
@@ -174,16 +175,19 @@ def run_batch_job(
         if state is None or not state.ended:
             cancel(slurm_id, stop_grace_seconds)
     forward(ended=True)
-    code = state.exit_code if state.state != "COMPLETED" else 0
-    if code == 0 and state.state != "COMPLETED":
-        code = 1
+    code = 0 if state.state == "COMPLETED" else state.exit_code or 1
     ended_by = None if state.state in ("COMPLETED", "FAILED") else f"Slurm job {slurm_id} ended {state.state} ({state.reason})"
     return JobExit(code, last_event, list(stderr_tail), ended_by=ended_by)
 
 
 def submit(job: BatchJob) -> str:
-    """sbatch, with the secrets in its environment only; returns the Slurm job id."""
-    completed = _slurm(["sbatch", "--parsable", "--export=ALL", str(job.script)], {**os.environ, **job.secret_environment})
+    """sbatch, with the job's secrets in its environment only; returns the Slurm job id.
+
+    Slurm keeps the environment it exports with the job, so the worker's own settings
+    and secrets (`MLEX_TOMO_*`, `PREFECT_*`) are left out of it: the job needs neither.
+    """
+    environment = {name: value for name, value in os.environ.items() if not name.startswith(WORKER_ONLY_PREFIXES)}
+    completed = _slurm(["sbatch", "--parsable", "--export=ALL", str(job.script)], {**environment, **job.secret_environment})
     if completed.returncode != 0:
         raise SlurmFailed(f"sbatch refused job {job.job_id}: {completed.stderr.strip() or completed.stdout.strip()}")
     return completed.stdout.strip().split(";")[0]

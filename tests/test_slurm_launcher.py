@@ -154,7 +154,7 @@ def batch_job(tmp_path: Path, body: str, directives: tuple[str, ...] = (), secre
 
 
 @needs_slurm
-def test_events_and_logs_are_forwarded_and_the_secret_reaches_only_the_job(cluster, tmp_path):
+def test_events_and_logs_are_forwarded_and_the_secret_reaches_only_the_job(cluster, tmp_path, monkeypatch):
     seen = tmp_path / "seen"
     body = "\n".join(
         [
@@ -165,6 +165,8 @@ def test_events_and_logs_are_forwarded_and_the_secret_reaches_only_the_job(clust
             'printf \'{"event": "finished", "result_uri": "r"}\'',
         ]
     )
+    body += f'\nprintf %s "$MLEX_TOMO_UI__PASSWORD" > {tmp_path / "worker-secret"}'
+    monkeypatch.setenv("MLEX_TOMO_UI__PASSWORD", "the worker's own")
     events, logs = [], []
     ended = run_batch_job(
         batch_job(tmp_path, body, secrets={"TILED_API_KEY": SECRET}), events.append,
@@ -175,6 +177,7 @@ def test_events_and_logs_are_forwarded_and_the_secret_reaches_only_the_job(clust
     assert ("plain log line", False) in logs and ("warning", True) in logs
     assert logs[0][0].startswith("submitted as Slurm job ")
     assert seen.read_text() == SECRET and SECRET not in os.environ.get("TILED_API_KEY", "")
+    assert (tmp_path / "worker-secret").read_text() == ""  # the worker's settings and secrets stay with the worker
 
 
 @needs_slurm

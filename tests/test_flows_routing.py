@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -36,14 +38,23 @@ def stack(tmp_path_factory):
         gpu_worker = subprocess.Popen(
             [sys.executable, "-m", "stack.cli", "worker", *running.arguments, "--prefect.worker_queues", json.dumps(["gpu"]),
              "--prefect.worker_limit", "1", "--prefect.worker_name", "gpu-node"],
-            env=clean_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=clean_environment(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )
         yield running
     finally:
         if gpu_worker is not None:
-            gpu_worker.terminate()
-            gpu_worker.wait(60)
+            stop_group(gpu_worker)
         running.stop()
+
+
+def stop_group(process: subprocess.Popen, grace_seconds: float = 30) -> None:
+    """As `up` stops its worker: SIGTERM to the worker and its flow runs, SIGKILL what outlives the grace."""
+    os.killpg(process.pid, signal.SIGTERM)
+    try:
+        process.wait(grace_seconds)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
 
 
 def submit(stack, job_name: str, model: dict):

@@ -123,13 +123,13 @@ def run_job(parameters: JobParameters, progress: ProgressCallback) -> JobOutcome
                 model = with_normalization(model, volume_range(volume))
             metrics = held_out_metrics(model.held_out)  # the stored model's own score, from its training
         if writer is not None:
-            segment_volume(writer, model, len(classes), volume, slices, device, parameters, progress)
+            slice_uncertainty = segment_volume(writer, model, len(classes), volume, slices, device, parameters, progress)
     except BaseException as error:
         if writer is not None:
             writer.annotate(status="cancelled" if isinstance(error, KeyboardInterrupt) else "failed")
         raise
     if writer is not None:
-        writer.annotate(status="complete", metrics=metrics)
+        writer.annotate(status="complete", metrics=metrics, slice_uncertainty=slice_uncertainty)
     result_uri = None if writer is None else f"{str(parameters.result_uri).rstrip('/')}/{parameters.job_id}"
     progress(
         {
@@ -298,11 +298,13 @@ def segment_volume(
     device: torch.device,
     parameters: JobParameters,
     progress: ProgressCallback,
-) -> None:
-    """Segment `slices` into the writer's rows.
+) -> list[float]:
+    """Segment `slices` into the writer's rows; return each slice's mean uncertainty (1 - the top class probability).
 
     The labels are not scored against the painted pixels: the model trained on them, so
-    that would measure memory; the held-out score from training stands instead.
+    that would measure memory; the held-out score from training stands instead. The
+    per-slice uncertainty is always measured (the web app's "where to paint next"); the
+    voxels' own map is written only when asked for.
     """
     row_of = {z: row for row, z in enumerate(slices)}
     progress({"event": "inference", "stage": "segmenting", "done": 0, "of": len(slices)})
@@ -310,13 +312,17 @@ def segment_volume(
     def write_labels(start: int, labels: NDArray[np.uint8]) -> None:
         writer.write_labels(row_of[start], labels)
 
-    def write_uncertainty(start: int, uncertainty: NDArray[np.uint8]) -> None:
-        writer.write_uncertainty(row_of[start], uncertainty)
+    slice_uncertainty = np.zeros(len(slices), np.float64)
 
-    uncertainty_writer = write_uncertainty if parameters.uncertainty else None
+    def write_uncertainty(start: int, uncertainty: NDArray[np.uint8]) -> None:
+        row = row_of[start]
+        slice_uncertainty[row : row + len(uncertainty)] = uncertainty.reshape(len(uncertainty), -1).mean(axis=1) / 255
+        if parameters.uncertainty:
+            writer.write_uncertainty(row, uncertainty)
+
     block = slices_per_block(parameters, model, volume, num_classes, device)
     if isinstance(model, TrainedForest):
-        segment_with_forest(model, volume, slices, block, device, write_labels, uncertainty_writer, progress)
+        segment_with_forest(model, volume, slices, block, device, write_labels, write_uncertainty, progress)
     else:
         segment_slices(
             model,
@@ -326,8 +332,9 @@ def segment_volume(
             batch_size=block,
             device=device,
             progress=progress,
-            write_uncertainty=uncertainty_writer,
+            write_uncertainty=write_uncertainty,
         )
+    return [round(float(value), 4) for value in slice_uncertainty]
 
 
 def segment_with_forest(

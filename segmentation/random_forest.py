@@ -74,7 +74,7 @@ class TrainedForest:
             stop = min(start + batch, count)
             block = np.asarray(slices[start:stop], dtype=np.float32)
             features = compute_features(block, self.parameters, device, out=buffer[: stop - start], channels=self.channels)
-            labels, uncertainty = _classify(self.model, features.reshape(-1, features.shape[-1]))
+            labels, uncertainty = classify_pixels(self.model, features.reshape(-1, features.shape[-1]))
             if progress is not None:
                 progress({"event": "inference", "stage": "segmenting", "done": stop, "of": count})
             yield start, labels.reshape(block.shape), uncertainty.reshape(block.shape)
@@ -185,7 +185,7 @@ def train_random_forest(
     score = None
     if held_out is not None:
         model = fit_forest(samples[~held_out][:, columns], targets[~held_out], parameters)
-        predicted, _ = _classify(model, np.ascontiguousarray(samples[held_out][:, columns]))
+        predicted, _ = classify_pixels(model, np.ascontiguousarray(samples[held_out][:, columns]))
         num_classes = int(targets.max()) + 1
         score = HeldOutScore.from_confusion(confusion_matrix(predicted, targets[held_out], num_classes))
         fitted(1)
@@ -292,7 +292,7 @@ def slices_per_block(shape: tuple[int, int], feature_count: int) -> int:
     return max(1, BLOCK_FEATURE_BYTES // per_slice)
 
 
-def _classify(
+def classify_pixels(
     model: RandomForestClassifier, pixels: NDArray[np.float32]
 ) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
     """The forest's predict_proba, chunk by chunk on threads, reduced to label and uncertainty.

@@ -170,6 +170,9 @@ def test_random_forest_trains_on_scribbles_then_segments_the_whole_volume(job, p
     assert score >= FLOOR, f"random forest mean IoU {score:.3f} is below {FLOOR}"
     uncertainty = result["probabilities"].read()
     assert uncertainty.shape == truth.shape and uncertainty.max() > 0
+    # Each slice's mean uncertainty, for "where to paint next", is the mean of its written map.
+    expected = uncertainty.reshape(len(uncertainty), -1).mean(axis=1) / 255
+    assert np.allclose(result.metadata["slice_uncertainty"], expected, atol=1e-4)
     assert result.metadata["trained_job_id"] == "forest-train" and result.metadata["classes"] == CLASSES
     assert result.metadata["metrics"] == metrics  # the score of the model that segmented it
     assert events_named(events, "inference")[-1]["done"] == 64
@@ -193,7 +196,10 @@ def test_tunet_trains_with_epoch_progress_and_segments_the_volume(job, tunet_job
     assert epochs[-1]["eta_seconds"] == 0
     done = [event["done"] for event in events_named(events, "inference")]
     assert done == sorted(done) and done[-1] == 64
-    labels = job.result("tunet")["seg_result"].read()
+    result = job.result("tunet")
+    labels = result["seg_result"].read()
+    slice_uncertainty = result.metadata["slice_uncertainty"]
+    assert len(slice_uncertainty) == 64 and all(0 <= value <= 1 for value in slice_uncertainty) and max(slice_uncertainty) > 0
     score, _ = mean_iou(labels, truth, 3)
     assert score >= TUNET_FLOOR, f"TUNet mean IoU {score:.3f} is below {TUNET_FLOOR}"
 

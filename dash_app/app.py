@@ -13,6 +13,7 @@ from dash import Dash, dcc, html
 from flask import Flask, Response, request
 
 from dash_app.masks import MaskOverlays
+from dash_app.preview import LivePreviews
 from dash_app.results import ResultOverlays
 from dash_app.panels import annotate, job_list, jobs, notifications, scans, status, viewer
 from dash_app.panels import results as results_panel
@@ -31,7 +32,9 @@ def create_app(settings: StackSettings) -> Dash:
     tiled = connect_http(settings)  # one pooled connection for every thread
     library = ScanLibrary(tiled, settings.ui.image_cache_mib * 2**20)
     results = ResultOverlays(tiled)
-    server.register_blueprint(slice_routes(library, MaskOverlays(tiled), results))
+    masks = MaskOverlays(tiled)
+    previews = LivePreviews(library, masks, settings.ui.preview_cache_mib * 2**20)
+    server.register_blueprint(slice_routes(library, masks, results, previews))
     if settings.ui.login_required:
         _require_basic_auth(server, settings)
     app = Dash(__name__, server=server, title=TITLE, update_title=None, suppress_callback_exceptions=True)

@@ -94,13 +94,14 @@ class MaskOverlays:
         self.lock = threading.Lock()
 
     def overlay(self, scan: str, mask_id: str, axis: Axis, index: int, volume_shape: tuple[int, int, int], hidden: set[int] = frozenset()) -> Any:
-        annotations = self._annotations(scan, mask_id).on_volume(volume_shape)
+        annotations = self.annotations_of(scan, mask_id).on_volume(volume_shape)
         index_of = annotations.class_index()
         colours = {index_of[class_id]: rgb(info.color) for class_id, info in annotations.classes.items()}
         painted = annotations.plane(axis, index)
         return outline_labels(painted, colour_labels(painted, colours, hidden))
 
-    def _annotations(self, scan: str, mask_id: str) -> Annotations:
+    def annotations_of(self, scan: str, mask_id: str) -> Annotations:
+        """The annotations of a saved mask, read from Tiled once."""
         key = (scan, mask_id)
         with self.lock:
             if (cached := self.annotations.get(key)) is not None:

@@ -42,6 +42,7 @@ class ResultDescription(BaseModel):
     trained_job_id: str | None = None
     classes: dict[str, dict[str, str]] = {}
     slices: list[int] = []
+    slice_uncertainty: list[float] = []  # each of `slices`' mean (1 - top class probability), absent before it was measured
     metrics: dict[str, Any] = {}
     device: str | None = None
 

@@ -6,22 +6,63 @@ figure JSON, so the browser caches them and Dash callbacks stay small.
 
 from __future__ import annotations
 
+import logging
 import math
+import re
 
 from flask import Blueprint, Response, jsonify, request
 
 from dash_app.imaging import encode
 from dash_app.masks import MaskOverlays
+from dash_app.preview import LivePreviews, PreviewUnavailable
 from dash_app.results import ResultNotFound, ResultOverlays
 from dash_app.volumes import InvalidSlice, Rendering, ScanLibrary, ScanNotFound, UnreadableScan, check_slice
 
 DEFAULT_MAX_SIZE = 1024
 LARGEST_MAX_SIZE = 8192
 IMAGE_CACHE_SECONDS = 3600  # a slice of a registered scan never changes
+MASK_ID = re.compile(r"[0-9a-f]{32}")  # `Annotations.mask_id`
+
+logger = logging.getLogger(__name__)
 
 
-def slice_routes(library: ScanLibrary, masks: MaskOverlays, results: ResultOverlays) -> Blueprint:
+def slice_routes(library: ScanLibrary, masks: MaskOverlays, results: ResultOverlays, previews: LivePreviews) -> Blueprint:
     routes = Blueprint("slices", __name__)
+
+    @routes.get("/previews/<scan>/<mask_id>/<axis>/<int:index>.png")
+    def preview_overlay(scan: str, mask_id: str, axis: str, index: int) -> Response:
+        """The live preview of one slice by the forest of a saved mask; what it trained on, in headers.
+
+        409 while nothing can be previewed (one class painted); any failure is a JSON
+        message the app shows, never a broken page.
+        """
+        try:
+            if not MASK_ID.fullmatch(mask_id):
+                raise ValueError(f"{mask_id!r} is not a mask id (32 hexadecimal digits)")
+            check_slice(library.volume(scan).shape, axis, index)
+            preview = previews.preview(scan, mask_id, axis, index)
+            image = previews.overlay(scan, mask_id, preview, _hidden_classes())
+        except PreviewUnavailable as error:
+            return _problem(409, str(error))
+        except (ScanNotFound, LookupError) as error:
+            return _problem(404, str(error))
+        except (InvalidSlice, ValueError) as error:
+            return _problem(400, str(error))
+        except Exception as error:  # Tiled down, out of memory, a bug: said, and painting goes on
+            logger.exception("preview of %s %s=%d failed", scan, axis, index)
+            return _problem(500, f"the preview failed: {error}")
+        response = _png(image, cacheable=True)  # a mask id is its content's hash: its preview never changes
+        response.headers.update(preview.headers())
+        return response
+
+    @routes.get("/previews/<scan>/<mask_id>/uncertainty")
+    def preview_uncertainty(scan: str, mask_id: str) -> Response:
+        """The z slices' mean uncertainty by the forest of a saved mask, as far as it has been estimated."""
+        if not MASK_ID.fullmatch(mask_id):
+            return _problem(400, f"{mask_id!r} is not a mask id (32 hexadecimal digits)")
+        estimates = previews.slice_uncertainty(scan, mask_id)
+        slices = sorted(estimates)
+        return jsonify({"slices": slices, "mean_uncertainty": [round(estimates[z], 4) for z in slices]})
 
     @routes.get("/masks/<scan>/<mask_id>/<axis>/<int:index>.png")
     def mask_overlay(scan: str, mask_id: str, axis: str, index: int) -> Response:

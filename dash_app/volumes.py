@@ -170,6 +170,12 @@ class ScanLibrary:
         self._prefetch_ahead(scan, axis, index, step, shape)
         return self._read((scan, axis, index, step))
 
+    def full_plane(self, scan: str, axis: Axis, index: int) -> NDArray[Any]:
+        """One slice at full resolution, read past the caches: the live preview keeps its features instead."""
+        check_slice(self.volume(scan).shape, axis, index)
+        selection = {"z": (index,), "y": (slice(None), index), "x": (slice(None), slice(None), index)}[axis]
+        return self._read_volume(scan, selection)
+
     def image(self, scan: str, axis: Axis, index: int, max_size: int, rendering: Rendering) -> bytes:
         """The slice windowed and encoded; the slices read ahead are encoded ahead the same way."""
         shape, step = self._locate(scan, axis, index, max_size)

@@ -287,6 +287,11 @@ class UISettings(Section):
         description="Memory for slices read from Tiled, at the resolution shown (a 1024² uint16 slice: 2 MiB). "
         "Slices read ahead land here; slices already seen are also in the browser's cache.",
     )
+    preview_cache_mib: int = Field(
+        default=512, ge=0, le=65536,
+        description="Memory for the live preview's features of recently viewed slices (128 MiB per slice at the "
+        "preview's 1024² resolution); a slice whose features were dropped costs about a second to preview again.",
+    )
     scan_refresh_seconds: float = Field(default=5.0, gt=0, description="How often the scan list looks for new scans.")
     status_refresh_seconds: float = Field(default=10.0, gt=0, description="How often the status panel probes services.")
     jobs_refresh_seconds: float = Field(default=2.0, gt=0, description="How often the job list follows runs in Prefect.")

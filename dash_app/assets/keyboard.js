@@ -6,11 +6,12 @@
 //   Arrow keys, PageUp/PageDown    one slice, ten slices       Home/End  first, last slice
 //   1-9                            choose a class             [ and ]   brush size
 //   B brush, E eraser, P polygon, R rectangle, H pan;         Space held: pan while held
-//   L labels on/off, O result overlay on/off, T the three planes on/off
+//   L labels on/off, O result overlay on/off, V live preview on/off, T the three planes on/off
+//   U the next slice the model is least sure about
 //   Ctrl+Z undo, Ctrl+Shift+Z or Ctrl+Y redo
 const SLICE_STEPS = { ArrowRight: 1, ArrowUp: 1, ArrowLeft: -1, ArrowDown: -1, PageUp: 10, PageDown: -10 };
 const TOOL_KEYS = { b: "brush", e: "eraser", p: "polygon", r: "rectangle", h: "pan" };
-const LAYER_KEYS = { l: "labels", o: "result", t: "planes" };
+const LAYER_KEYS = { l: "labels", o: "result", v: "preview", t: "planes" };
 const TEXT_INPUT_TYPES = ["text", "search", "number", "email", "password", "url", "tel"];
 const spacePan = { toolBefore: null };
 const keysTaken = new Set();  // their keyup is stopped too: Dash's dropdown opens its search on a keyup
@@ -92,6 +93,9 @@ function shortcut(event) {
   }
   if (key in LAYER_KEYS) {
     return () => toggleLayer(LAYER_KEYS[key]);
+  }
+  if (key === "u") {
+    return () => press("next-uncertain");
   }
   if (key === " ") {
     return () => {

@@ -9,11 +9,13 @@ window.dash_clientside = Object.assign({}, window.dash_clientside, {
       if (!defaults) {
         viewerState.inputs = null;
         drawSideViews(null);
+        drawUncertaintyStrip();
         return [emptyFigure("Pick a scan in the Scans list to start."), ""];
       }
       inputs[2] = currentIndex(`${defaults.scan}/${axis}`, index);
       const drawing = sliceDrawing(inputs);
       viewerState.inputs = inputs;
+      drawUncertaintyStrip();  // assets/preview.js
       showOnSlider(drawing);
       drawSideViews(inputs);
       rememberView();
@@ -98,7 +100,7 @@ function sliceDrawing(inputs) {
   // those that share a key: the layers differ by a millionth of a pixel each, or the labels
   // vanished whenever a result was shown. All are drawn below the traces, in order, so
   // the crosshair stays on top.
-  const LAYER_NUDGE = { slice: 0, result: 1e-6, labels: 2e-6 };
+  const LAYER_NUDGE = { slice: 0, result: 1e-6, preview: 1.5e-6, labels: 2e-6 };
   const layer = (source, name, opacity) => ({
     source: source, name: name, xref: "x", yref: "y", x: LAYER_NUDGE[name], y: 0, sizex: width, sizey: height,
     sizing: "stretch", layer: "below", opacity: opacity,
@@ -107,10 +109,14 @@ function sliceDrawing(inputs) {
   // Overlays follow the slice on screen, which may still be an earlier one (see sliceSource).
   const [source, drawn] = sliceSource(sliceUrl(maxSize), sliceUrl(Math.max(256, Math.ceil(maxSize / 4))), index, view);
   const images = [layer(source, "slice", 1)];
-  // Painted labels go above the result, so they stay visible over a prediction.
+  // Painted labels go above the result and the preview, so they stay visible over a prediction.
   const result = resultSource(inputs, axis, drawn);
   if (result) {
     images.push(layer(result, "result", resultOpacity));
+  }
+  const preview = previewSource(inputs, axis, drawn);  // assets/preview.js
+  if (preview) {
+    images.push(layer(preview, "preview", resultOpacity));
   }
   const labels = labelsSource(inputs, axis, drawn);
   if (labels) {
@@ -226,6 +232,16 @@ function redrawNow() {
   const drawing = sliceDrawing(viewerState.inputs);
   viewerState.frame = drawing.frame;
   globalThis.dash_clientside.set_props("slice-view", { figure: drawing.figure });
+}
+
+// A layer's image arrived (the preview): swapped in where the figure allows, else redrawn.
+function refreshImages() {
+  if (!viewerState.inputs) {
+    return;
+  }
+  if (!drawnInPlace(sliceDrawing(viewerState.inputs))) {
+    redrawNow();
+  }
 }
 
 function drawnInPlace(drawing) {

@@ -48,7 +48,10 @@ def register_callbacks(app: Dash, results: ResultOverlays) -> None:
         if description.status != COMPLETE:
             why = "its labels show when it completes" if not description.finished else "it left no labels to overlay"
             return nothing_shown(shown, f"{run.title} is {description.status}: {why}.")
-        state = {"scan": scan, "job_id": job_id, "status": description.status, "classes": sorted(int(index) for index in description.classes)}
+        state = {
+            "scan": scan, "job_id": job_id, "status": description.status, "classes": sorted(int(index) for index in description.classes),
+            "uncertainty": {"slices": description.slices, "values": description.slice_uncertainty},  # where to paint next
+        }
         if state == shown:
             return no_update, no_update
         options = [

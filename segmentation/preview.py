@@ -39,7 +39,7 @@ def preview_stride(volume_shape: tuple[int, ...], size: int = PREVIEW_SIZE) -> i
 
 
 def reduce_image(image: NDArray[np.generic], stride: int) -> NDArray[np.float32]:
-    """The mean of each stride x stride block (a partial block at the edge averages what it holds)."""
+    """The mean of each stride x stride block; a partial block at the edge is filled out with its edge pixels."""
     image = np.asarray(image, dtype=np.float32)
     if stride == 1:
         return image

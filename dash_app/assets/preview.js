@@ -5,7 +5,7 @@
 // until the new one has arrived (a figure image pointed at a pending URL shows nothing).
 // Painting never waits for it: strokes are saved by their own callback.
 const PREVIEW_KEPT = 32;  // previews held as object URLs, the oldest let go
-const BLANK_IMAGE = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mNkYPhfDwAChwGA60e6kgAAAABJRU5ErkJggg==";
+const BLANK_IMAGE = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5ErkJggg==";  // one transparent pixel
 const SURVEY_POLL_MILLISECONDS = 3000;
 const previewState = {
   wanted: null, inFlight: null, images: new Map(), latestForPlane: new Map(),
@@ -162,13 +162,14 @@ function drawUncertaintyStrip() {
   }
   const along = inputs ? uncertaintyAlongZ(inputs) : null;
   const caption = document.getElementById("uncertainty-caption");
-  container.hidden = !along || inputs[1] !== "z";
+  const shown = Boolean(along) && inputs[1] === "z";
+  container.style.visibility = shown ? "visible" : "hidden";  // its room is kept: the slice view must not change size
   if (caption) {
     caption.textContent = !along ? "" : (inputs[1] === "z"
-      ? `Uncertainty along z, from ${along.source}. U: next uncertain slice.`
+      ? `Uncertainty along z (the strip under the slider), from ${along.source}.`
       : "Uncertainty is estimated along z: switch to z to see it.");
   }
-  if (container.hidden) {
+  if (!shown) {
     return;
   }
   let canvas = container.querySelector("canvas");
@@ -183,10 +184,11 @@ function drawUncertaintyStrip() {
   const context = canvas.getContext("2d");
   context.clearRect(0, 0, width, height);
   const depth = inputs[0].shape[0];
-  const highest = Math.max(...along.values, 1e-6);
+  // Heights and colours span the estimates' own range: they differ by hundredths, and those differences guide the user.
+  const lowest = Math.min(...along.values), highest = Math.max(...along.values);
   const bar = Math.max(2, width / depth);
   along.slices.forEach((z, position) => {
-    const level = along.values[position] / highest;
+    const level = 0.15 + 0.85 * (along.values[position] - lowest) / Math.max(highest - lowest, 1e-6);
     context.fillStyle = `rgba(255, ${Math.round(200 * (1 - level))}, 0, ${0.25 + 0.75 * level})`;
     context.fillRect(Math.min(width - bar, (z / Math.max(1, depth - 1)) * (width - bar)), height * (1 - level), bar, height * level);
   });
@@ -215,7 +217,8 @@ function nextUncertainSlice() {
   }
   const here = ranked.findIndex(([z]) => z === inputs[2]);
   const [target, value] = ranked[(here + 1) % ranked.length];
-  showSlice(target);
+  // Through Dash, as the jumps to painted slices go: a slice Dash is still being told of must not land after this one.
+  window.dash_clientside.set_props("slice-index", { data: target });
   say(`Went to z = ${target}: uncertainty ${value.toFixed(3)}, the ${ordinal((here + 1) % ranked.length + 1)} most uncertain of ${ranked.length} slices not painted.`);
 }
 

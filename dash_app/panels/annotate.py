@@ -73,6 +73,12 @@ def layout() -> html.Div:
                 ],
             ),
             html.Div(id="annotation-status", className="details"),
+            # Written by assets/preview.js: the live preview (V) and where to paint next (U).
+            html.Div(id="preview-status", className="details preview-status"),
+            html.H3("Where to paint next"),
+            html.Button("Next uncertain slice (U)", id="next-uncertain", title="The slice not painted yet where the model is least sure"),
+            html.Div(id="paint-next-message", className="details"),
+            html.Div(id="uncertainty-caption", className="details"),
             dcc.Store(id="annotations"),
             dcc.Store(id="history", data={"past": [], "future": []}),
             dcc.Store(id="mask-path"),

@@ -54,7 +54,7 @@ def layout() -> html.Div:
                         className="slider-column",
                         children=[
                             html.Div(id="slice-slider", className="slider"),  # a range input made by viewer.js
-                            html.Div(id="uncertainty-strip", className="uncertainty-strip", hidden=True),  # drawn by preview.js
+                            html.Div(id="uncertainty-strip", className="uncertainty-strip"),  # drawn by assets/preview.js
                         ],
                     ),
                     html.Span(id="slice-label", className="slice-label"),
@@ -67,15 +67,6 @@ def layout() -> html.Div:
                     ),
                 ],
             ),
-            html.Div(
-                className="paint-next",
-                children=[
-                    html.Button("Next uncertain slice (U)", id="next-uncertain", title="The slice not painted yet where the model is least sure"),
-                    html.Span(id="uncertainty-caption", className="details"),  # where the estimate comes from, by assets/preview.js
-                    html.Span(id="paint-next-message", className="details"),  # where U went, by assets/preview.js
-                ],
-            ),
-            html.Div(id="preview-status", className="details preview-status"),  # written by assets/preview.js
             html.Div(id="cursor-readout", className="cursor-readout"),  # written by assets/planes.js
             html.Div(id="planes-note", className="details"),
             html.P(id="viewer-message", className="errors"),

@@ -19,6 +19,7 @@ import pytest
 from PIL import Image
 from playwright.sync_api import Page, expect
 
+from mlex_tomo.tiled_layout import connect
 from tests.browser import (
     SCREENSHOTS, WAIT_MILLISECONDS, choose_model, needs_chromium, overlay_source, paint_on_slice, set_field, wait_for_overlay,
 )
@@ -132,7 +133,7 @@ def test_3_train_a_random_forest_and_see_the_scribbles_above_its_labels(page):
     expect(page.locator("#result-details")).to_contain_text("on held-out painted pixels")
 
 
-def test_4_segment_the_volume_and_read_its_labels_on_another_slice_and_axis(page):
+def test_4_segment_the_volume_and_read_its_labels_on_another_slice_and_axis(page, stack):
     page.click("#segment-volume")
     card = job_card(page, "Segment volume · trained model · " + SAMPLE)
     expect(card.locator(".state")).to_have_text("Completed", timeout=JOB_MILLISECONDS)
@@ -148,6 +149,18 @@ def test_4_segment_the_volume_and_read_its_labels_on_another_slice_and_axis(page
     SCREENSHOTS.mkdir(exist_ok=True)
     page.screenshot(path=SCREENSHOTS / "segmented-y.png")
     page.locator("#axis").get_by_label("z", exact=True).check()
+
+    # Where to paint next: the job measured each slice's uncertainty; U goes to the most uncertain slice not painted.
+    expect(page.locator("#uncertainty-caption")).to_contain_text("from job")
+    result = connect(stack.settings)["results"][other_slice.split("/")[3]].metadata
+    painted = set(page.evaluate("() => viewerState.inputs[7].strokes.filter(stroke => stroke.axis === 'z').map(stroke => stroke.index)"))
+    ranked = sorted(
+        (z for z in result["slices"] if z not in painted),
+        key=lambda z: -result["slice_uncertainty"][result["slices"].index(z)],
+    )
+    page.keyboard.press("u")
+    expect(page.locator("#slice-label")).to_have_text(f"z = {ranked[0]} / 63")
+    page.screenshot(path=SCREENSHOTS / "where-to-paint-next.png")
 
 
 def test_5_cancel_a_running_job(page):

@@ -9,7 +9,7 @@ const BLANK_IMAGE = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAA
 const SURVEY_POLL_MILLISECONDS = 3000;
 const previewState = {
   wanted: null, inFlight: null, images: new Map(), latestForPlane: new Map(),
-  uncertainty: null, statusFor: null, ranking: null,
+  uncertainty: null, lastJump: null,
 };
 
 // The preview image for a slice (a placeholder until one has arrived), or null when the preview is off.
@@ -195,6 +195,7 @@ function drawUncertaintyStrip() {
 }
 
 // U and the button: to the most uncertain slice not painted yet; again, to the next most uncertain.
+// (`previewState.lastJump`: the slice the last press went to.)
 function nextUncertainSlice() {
   const inputs = typeof viewerState !== "undefined" ? viewerState.inputs : null;
   const say = (text) => { const message = document.getElementById("paint-next-message"); if (message) { message.textContent = text; } };
@@ -215,11 +216,14 @@ function nextUncertainSlice() {
     say("Every slice estimated is painted already.");
     return;
   }
-  const here = ranked.findIndex(([z]) => z === inputs[2]);
+  // Pressed again on the slice it went to: the next in the ranking; from anywhere else: the top.
+  const here = previewState.lastJump === inputs[2] ? ranked.findIndex(([z]) => z === inputs[2]) : -1;
   const [target, value] = ranked[(here + 1) % ranked.length];
+  previewState.lastJump = target;
   // Through Dash, as the jumps to painted slices go: a slice Dash is still being told of must not land after this one.
   window.dash_clientside.set_props("slice-index", { data: target });
-  say(`Went to z = ${target}: uncertainty ${value.toFixed(3)}, the ${ordinal((here + 1) % ranked.length + 1)} most uncertain of ${ranked.length} slices not painted.`);
+  const rank = (here + 1) % ranked.length + 1;
+  say(`Went to z = ${target}: uncertainty ${value.toFixed(3)}, the ${rank === 1 ? "" : `${ordinal(rank)} `}most uncertain of ${ranked.length} slices not painted.`);
 }
 
 function ordinal(rank) {

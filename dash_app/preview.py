@@ -80,7 +80,7 @@ class LivePreviews:
     def __init__(self, library: ScanLibrary, masks: MaskOverlays, feature_cache_bytes: int) -> None:
         self.library = library
         self.masks = masks
-        self.features: LRUCache[tuple, NDArray[np.float32]] = LRUCache(maxsize=max(1, feature_cache_bytes), getsizeof=lambda array: array.nbytes)
+        self.features: LRUCache[tuple, NDArray[np.float32]] = LRUCache(maxsize=feature_cache_bytes, getsizeof=lambda array: array.nbytes)
         self.samples: LRUCache[tuple, PaintedSamples] = LRUCache(maxsize=4096)
         self.models: LRUCache[tuple[str, str], PreviewModel] = LRUCache(maxsize=8)
         self.predictions: LRUCache[tuple, Preview] = LRUCache(maxsize=256)
@@ -173,8 +173,9 @@ class LivePreviews:
             features = self.features.get(key)
         if features is None:
             features = slice_features(reduce_image(self.library.full_plane(scan, axis, index), stride))
-            with self.state:
-                self.features[key] = features
+            if features.nbytes <= self.features.maxsize:  # a cache smaller than one slice keeps none
+                with self.state:
+                    self.features[key] = features
         return features
 
     def _survey_logging_failures(self, scan: str, mask_id: str, stride: int) -> None:

@@ -29,6 +29,13 @@ class ResultNotFound(LookupError):
     pass
 
 
+class SliceUncertainty(BaseModel):
+    """Each measured z slice's mean (1 - top class probability): the slices segmented, and those a train job surveyed."""
+
+    slices: list[int] = []
+    mean: list[float] = []
+
+
 class ResultDescription(BaseModel):
     """What the Result panel says of a job's labels."""
 
@@ -42,7 +49,7 @@ class ResultDescription(BaseModel):
     trained_job_id: str | None = None
     classes: dict[str, dict[str, str]] = {}
     slices: list[int] = []
-    slice_uncertainty: list[float] = []  # each of `slices`' mean (1 - top class probability), absent before it was measured
+    slice_uncertainty: SliceUncertainty = SliceUncertainty()  # empty for results written before it was measured
     metrics: dict[str, Any] = {}
     device: str | None = None
 

@@ -124,12 +124,18 @@ def run_job(parameters: JobParameters, progress: ProgressCallback) -> JobOutcome
             metrics = held_out_metrics(model.held_out)  # the stored model's own score, from its training
         if writer is not None:
             slice_uncertainty = segment_volume(writer, model, len(classes), volume, slices, device, parameters, progress)
+            if stored is None and parameters.uncertainty_survey:
+                slice_uncertainty |= survey_uncertainty(model, len(classes), volume, slices, device, parameters, progress)
     except BaseException as error:
         if writer is not None:
             writer.annotate(status="cancelled" if isinstance(error, KeyboardInterrupt) else "failed")
         raise
     if writer is not None:
-        writer.annotate(status="complete", metrics=metrics, slice_uncertainty=slice_uncertainty)
+        measured = sorted(slice_uncertainty)
+        writer.annotate(
+            status="complete", metrics=metrics,
+            slice_uncertainty={"slices": measured, "mean": [slice_uncertainty[z] for z in measured]},
+        )
     result_uri = None if writer is None else f"{str(parameters.result_uri).rstrip('/')}/{parameters.job_id}"
     progress(
         {
@@ -298,7 +304,7 @@ def segment_volume(
     device: torch.device,
     parameters: JobParameters,
     progress: ProgressCallback,
-) -> list[float]:
+) -> dict[int, float]:
     """Segment `slices` into the writer's rows; return each slice's mean uncertainty (1 - the top class probability).
 
     The labels are not scored against the painted pixels: the model trained on them, so
@@ -312,17 +318,63 @@ def segment_volume(
     def write_labels(start: int, labels: NDArray[np.uint8]) -> None:
         writer.write_labels(row_of[start], labels)
 
-    slice_uncertainty = np.zeros(len(slices), np.float64)
-
     def write_uncertainty(start: int, uncertainty: NDArray[np.uint8]) -> None:
-        row = row_of[start]
-        slice_uncertainty[row : row + len(uncertainty)] = uncertainty.reshape(len(uncertainty), -1).mean(axis=1) / 255
         if parameters.uncertainty:
-            writer.write_uncertainty(row, uncertainty)
+            writer.write_uncertainty(row_of[start], uncertainty)
+
+    return predict_slices(model, num_classes, volume, slices, device, parameters, write_labels, write_uncertainty, progress)
+
+
+def survey_uncertainty(
+    model: TrainedModel,
+    num_classes: int,
+    volume: TiledVolume,
+    segmented: list[int],
+    device: torch.device,
+    parameters: JobParameters,
+    progress: ProgressCallback,
+) -> dict[int, float]:
+    """The mean uncertainty of `parameters.uncertainty_survey` evenly spaced z slices not segmented, labels discarded.
+
+    A train job segments only the painted slices, which says nothing of where to paint
+    next; this samples the rest of the volume for the web app's uncertainty strip.
+    """
+    depth = volume.shape[0]
+    spaced = np.unique(np.linspace(0, depth - 1, min(parameters.uncertainty_survey, depth)).round().astype(int))
+    survey = sorted(set(spaced.tolist()) - set(segmented))
+    if not survey:
+        return {}
+
+    def reported(event: dict[str, Any]) -> None:
+        if event["event"] == "inference":  # its own stage: the bar, full after segmenting, stays full
+            progress({"event": "stage", "stage": "surveying", "done": event["done"], "of": event["of"]})
+
+    reported({"event": "inference", "done": 0, "of": len(survey)})
+    return predict_slices(model, num_classes, volume, survey, device, parameters, lambda start, labels: None, lambda start, uncertainty: None, reported)
+
+
+def predict_slices(
+    model: TrainedModel,
+    num_classes: int,
+    volume: TiledVolume,
+    slices: list[int],
+    device: torch.device,
+    parameters: JobParameters,
+    write_labels: SlabWriter,
+    write_uncertainty: SlabWriter,
+    progress: ProgressCallback,
+) -> dict[int, float]:
+    """Label `slices` block by block into the writers; return each slice's mean uncertainty."""
+    measured: dict[int, float] = {}
+
+    def measure(start: int, uncertainty: NDArray[np.uint8]) -> None:
+        for offset, means in enumerate(uncertainty.reshape(len(uncertainty), -1).mean(axis=1) / 255):
+            measured[start + offset] = round(float(means), 4)
+        write_uncertainty(start, uncertainty)
 
     block = slices_per_block(parameters, model, volume, num_classes, device)
     if isinstance(model, TrainedForest):
-        segment_with_forest(model, volume, slices, block, device, write_labels, write_uncertainty, progress)
+        segment_with_forest(model, volume, slices, block, device, write_labels, measure, progress)
     else:
         segment_slices(
             model,
@@ -332,9 +384,9 @@ def segment_volume(
             batch_size=block,
             device=device,
             progress=progress,
-            write_uncertainty=write_uncertainty,
+            write_uncertainty=measure,
         )
-    return [round(float(value), 4) for value in slice_uncertainty]
+    return measured
 
 
 def segment_with_forest(
@@ -344,7 +396,7 @@ def segment_with_forest(
     block: int,
     device: torch.device,
     write_labels: SlabWriter,
-    write_uncertainty: SlabWriter | None,
+    write_uncertainty: SlabWriter,
     progress: ProgressCallback,
 ) -> None:
     started, done = time.perf_counter(), 0
@@ -353,8 +405,7 @@ def segment_with_forest(
         images = normalize(volume.read(start, stop), low, high)
         labels, uncertainty = forest.predict_slices(images, forest_device(device), batch=block)
         write_labels(start, labels)
-        if write_uncertainty is not None:
-            write_uncertainty(start, np.round(uncertainty * 255).astype(np.uint8))
+        write_uncertainty(start, np.round(uncertainty * 255).astype(np.uint8))
         done += stop - start
         elapsed = time.perf_counter() - started
         progress(

@@ -52,6 +52,11 @@ class JobParameters(BaseModel):
         description="Slices to segment: indices, 'all' or 'labelled'; default 'labelled' after training, 'all' for infer.",
     )
     uncertainty: bool = Field(default=False, description="Also write `probabilities`: 255 * (1 - max class probability).")
+    uncertainty_survey: int = Field(
+        default=32, ge=0, le=1024,
+        description="After training, also estimate the mean uncertainty of this many evenly spaced slices the job "
+        "does not segment, for the web app's 'where to paint next'; 0: none.",
+    )
     memory_budget_mib: float = Field(
         default=4096, gt=0, description="Host memory for blocks of slices in flight; larger volumes stream in blocks."
     )

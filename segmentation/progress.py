@@ -42,6 +42,7 @@ STAGE_LABELS = {  # each stage in words, for a UI to show
     "fitting": "fitting the forest",
     "training": "training",
     "segmenting": "segmenting",
+    "surveying": "estimating where to paint next",
     "finished": "finished",
     "failed": "failed",
 }

@@ -145,6 +145,13 @@ def test_random_forest_trains_on_scribbles_then_segments_the_whole_volume(job, p
     assert preview["seg_result"].shape == (len(LABELLED_SLICES), 96, 96)
     assert preview.metadata["status"] == "complete" and preview.metadata["slices"] == LABELLED_SLICES
     assert preview.metadata["model"] == "RandomForest" and preview.metadata["mask_idx"] == LABELLED_SLICES
+    # Where to paint next: the painted slices it segmented, and 32 spread through the volume it only estimated.
+    measured = preview.metadata["slice_uncertainty"]
+    spread = np.unique(np.linspace(0, 63, 32).round().astype(int)).tolist()
+    assert measured["slices"] == sorted(set(LABELLED_SLICES) | set(spread))
+    assert all(0 <= value <= 1 for value in measured["mean"]) and max(measured["mean"]) > 0
+    surveyed = [event for event in events if event.get("stage") == "surveying"]
+    assert surveyed[-1]["done"] == surveyed[-1]["of"] == len(set(spread) - set(LABELLED_SLICES))
     metrics = preview.metadata["metrics"]
     assert set(metrics) == {"held_out_mean_iou", "held_out_iou_per_class", "held_out_pixels"}
     assert 0 < metrics["held_out_pixels"] < np.sum(job.labels >= 0) / 2 and len(metrics["held_out_iou_per_class"]) == 3
@@ -172,7 +179,8 @@ def test_random_forest_trains_on_scribbles_then_segments_the_whole_volume(job, p
     assert uncertainty.shape == truth.shape and uncertainty.max() > 0
     # Each slice's mean uncertainty, for "where to paint next", is the mean of its written map.
     expected = uncertainty.reshape(len(uncertainty), -1).mean(axis=1) / 255
-    assert np.allclose(result.metadata["slice_uncertainty"], expected, atol=1e-4)
+    assert result.metadata["slice_uncertainty"]["slices"] == list(range(64))
+    assert np.allclose(result.metadata["slice_uncertainty"]["mean"], expected, atol=1e-4)
     assert result.metadata["trained_job_id"] == "forest-train" and result.metadata["classes"] == CLASSES
     assert result.metadata["metrics"] == metrics  # the score of the model that segmented it
     assert events_named(events, "inference")[-1]["done"] == 64
@@ -199,7 +207,8 @@ def test_tunet_trains_with_epoch_progress_and_segments_the_volume(job, tunet_job
     result = job.result("tunet")
     labels = result["seg_result"].read()
     slice_uncertainty = result.metadata["slice_uncertainty"]
-    assert len(slice_uncertainty) == 64 and all(0 <= value <= 1 for value in slice_uncertainty) and max(slice_uncertainty) > 0
+    assert slice_uncertainty["slices"] == list(range(64))
+    assert all(0 <= value <= 1 for value in slice_uncertainty["mean"]) and max(slice_uncertainty["mean"]) > 0
     score, _ = mean_iou(labels, truth, 3)
     assert score >= TUNET_FLOOR, f"TUNet mean IoU {score:.3f} is below {TUNET_FLOOR}"
 

@@ -148,8 +148,8 @@ function uncertaintyAlongZ(inputs) {
       && estimate.maskId === maskPath.split("/")[2] && estimate.slices.length) {
     return { slices: estimate.slices, values: estimate.values, source: `the preview (${estimate.slices.length} of ${defaults.shape[0]} slices estimated)` };
   }
-  if (result && result.scan === defaults.scan && result.uncertainty && result.uncertainty.values.length) {
-    return { slices: result.uncertainty.slices, values: result.uncertainty.values, source: `job ${result.job_id} (${result.uncertainty.slices.length} slices)` };
+  if (result && result.scan === defaults.scan && result.uncertainty && result.uncertainty.slices.length) {
+    return { slices: result.uncertainty.slices, values: result.uncertainty.mean, source: `job ${result.job_id} (${result.uncertainty.slices.length} slices)` };
   }
   return null;
 }

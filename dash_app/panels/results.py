@@ -50,7 +50,7 @@ def register_callbacks(app: Dash, results: ResultOverlays) -> None:
             return nothing_shown(shown, f"{run.title} is {description.status}: {why}.")
         state = {
             "scan": scan, "job_id": job_id, "status": description.status, "classes": sorted(int(index) for index in description.classes),
-            "uncertainty": {"slices": description.slices, "values": description.slice_uncertainty},  # where to paint next
+            "uncertainty": description.slice_uncertainty.model_dump(),  # where to paint next
         }
         if state == shown:
             return no_update, no_update

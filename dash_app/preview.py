@@ -83,7 +83,7 @@ class LivePreviews:
         self.features: LRUCache[tuple, NDArray[np.float32]] = LRUCache(maxsize=feature_cache_bytes, getsizeof=lambda array: array.nbytes)
         self.samples: LRUCache[tuple, PaintedSamples] = LRUCache(maxsize=4096)
         self.models: LRUCache[tuple[str, str], PreviewModel] = LRUCache(maxsize=8)
-        self.predictions: LRUCache[tuple, Preview] = LRUCache(maxsize=256)
+        self.predictions: LRUCache[tuple, Preview] = LRUCache(maxsize=32)  # 1 MiB of labels each at 1024²
         self.survey_features: LRUCache[str, dict[int, NDArray[np.float32]]] = LRUCache(maxsize=4)
         self.survey_uncertainty: LRUCache[tuple[str, str], dict[int, float]] = LRUCache(maxsize=8)
         self.viewed_uncertainty: LRUCache[tuple[str, str], dict[int, float]] = LRUCache(maxsize=8)

@@ -1,6 +1,7 @@
 """Where to paint next (issue #20): does painting the slice the live preview is least sure of pay off?
 
-    python -m benchmarks.where_to_paint [--size 96] [--seeds 3] [--families ...] [--max-slices 8] [--spread] [--quick]
+    python -m benchmarks.where_to_paint [--size 96] [--seeds 3] [--families ...] [--max-slices 8]
+        [--also spread balanced balanced-ends farthest cover] [--spread] [--quick]
 
 A simulated user with the ground truth of each generated volume (the families of
 `benchmarks.volumes`, and two made here whose content changes along z: `stitched`, `band`)
@@ -16,10 +17,22 @@ the classes present on that slice), by one of two strategies:
 - even: k slices evenly spaced through the volume (the centres of k equal parts; k = 1 is
   the middle slice, the other strategy's start), for every k.
 
-With --spread, also a variant that is not the web app's: U passing over survey slices
-within SPREAD_GAP of the depth of a painted slice. A slice is painted the same way
-whichever strategy reaches it (its strokes are seeded by family, seed and z), so the
-strategies differ only in which slices they choose. After each slice, the job's random
+With --also, other rankings of the survey slices, none of them the web app's (each a
+function of a slice's uncertainty u and its distance d in slices to the nearest painted
+one, or e, the same with the volume's ends counting as painted at half the distance; in
+RANKINGS; the highest wins, ties to the lower z):
+
+- spread (also --spread): U passing over survey slices within SPREAD_GAP of the depth of a
+  painted slice while any other is left;
+- balanced: u x min(1, d / (BALANCE_SCALE x depth)), uncertainty damped near painted slices;
+- balanced-ends: u x min(1, e / (BALANCE_SCALE x depth)), where e = min(d, 2z + 1, 2(depth - 1 - z) + 1):
+  damped near the volume's ends too, as near a painted slice at half the distance;
+- farthest: the largest d (ties: the larger u), coverage alone, a baseline: the ends come first;
+- cover: the largest e (ties: the larger u), coverage alone, even spacing grown one slice at a time
+  (from the middle slice: depth/6, 5 depth/6, the centres of three equal parts, then the gaps' middles).
+
+A slice is painted the same way whichever strategy reaches it (its strokes are seeded
+by family, seed and z), so the strategies differ only in which slices they choose. After each slice, the job's random
 forest (default `RandomForestParameters`, on the painted z slices, normalised as the
 accuracy suite does) segments the whole volume, scored by mean IoU against the truth:
 what the user finally gets. Per family, over seeds: the IoU curve of each strategy, and
@@ -71,9 +84,57 @@ from segmentation.preview import (
 from segmentation.random_forest import train_random_forest
 
 TARGET_FRACTION = 0.98  # of the best mean IoU the uncertain or even strategy reaches on a volume
-STRATEGIES = ("uncertain", "even")  # compared; "spread" (--spread) is reported beside them
+STRATEGIES = ("uncertain", "even")  # compared; the rankings of --also are reported beside them
 SPREAD_GAP = 1 / 16  # of the depth: the spread variant passes over survey slices this close to a painted one
-QUICK = {"families": ["band"], "size": 48, "seeds": 1, "max_slices": 3, "spread": True}
+BALANCE_SCALE = 1 / 8  # of the depth: the balanced ranking damps the uncertainty of survey slices closer than this
+QUICK = {"families": ["band"], "size": 48, "seeds": 1, "max_slices": 3, "also": ["spread"]}
+
+# How a guided strategy ranks an unpainted survey slice z: (its uncertainty u; d, its distance in slices to the
+# nearest painted slice; e, the same with the volume's ends counting as painted at half weight,
+# min(d, 2z + 1, 2(depth - 1 - z) + 1), so that k slices spaced by e alone sit at the centres of k equal
+# parts; the depth) -> a sort key; the highest key is painted next, ties going to the lower z.
+Ranking = Callable[[float, float, float, int], tuple[float, ...]]
+
+
+def rank_uncertain(u: float, d: float, e: float, depth: int) -> tuple[float, ...]:
+    """U, the web app's: the most uncertain."""
+    return (u,)
+
+
+def rank_spread(u: float, d: float, e: float, depth: int) -> tuple[float, ...]:
+    """The most uncertain of the slices farther than SPREAD_GAP x depth from every painted one (of all, if none is)."""
+    return (float(d > SPREAD_GAP * depth), u)
+
+
+def rank_balanced(u: float, d: float, e: float, depth: int) -> tuple[float, ...]:
+    """Uncertainty damped in proportion to the distance within BALANCE_SCALE x depth of a painted slice."""
+    return (u * min(1.0, d / (BALANCE_SCALE * depth)),)
+
+
+def rank_balanced_ends(u: float, d: float, e: float, depth: int) -> tuple[float, ...]:
+    """As balanced, the ends of the volume damping as painted slices at half the distance do."""
+    return (u * min(1.0, e / (BALANCE_SCALE * depth)),)
+
+
+def rank_farthest(u: float, d: float, e: float, depth: int) -> tuple[float, ...]:
+    """Coverage alone: the farthest from every painted slice (ties: the most uncertain); the ends come first."""
+    return (d, u)
+
+
+def rank_cover(u: float, d: float, e: float, depth: int) -> tuple[float, ...]:
+    """Coverage alone, even spacing one slice at a time: the largest e (ties: the most uncertain)."""
+    return (e, u)
+
+
+RANKINGS: dict[str, Ranking] = {
+    "uncertain": rank_uncertain,
+    "spread": rank_spread,
+    "balanced": rank_balanced,
+    "balanced-ends": rank_balanced_ends,
+    "farthest": rank_farthest,
+    "cover": rank_cover,
+}
+EXTRA = tuple(name for name in RANKINGS if name not in STRATEGIES)  # the choices of --also
 
 
 def stitched(size: int, seed: int) -> GeneratedVolume:
@@ -211,13 +272,16 @@ class Simulation:
         self.seconds["survey"] += time.perf_counter() - started
         return estimates
 
-    def next_uncertain(self, estimates: dict[int, float] | None, painted: list[int]) -> int | None:
-        """U: the most uncertain survey slice not painted (ties: the lower z, as the browser's stable sort)."""
+    def next_slice(self, estimates: dict[int, float] | None, painted: list[int], ranking: Ranking = rank_uncertain) -> int | None:
+        """The unpainted survey slice `ranking` puts first (ties: the lower z, as the browser's stable sort)."""
+        candidates = [z for z in self.survey if z not in painted]  # ascending z: max keeps the first of equals
+        if not candidates:
+            return None
+        distance = {z: float(min(abs(z - p) for p in painted)) for z in candidates}
         if estimates is None:  # no preview yet: the user would scroll to the survey slice farthest from the painted ones
-            candidates = [z for z in self.survey if z not in painted]
-            return max(candidates, key=lambda z: min(abs(z - p) for p in painted)) if candidates else None
-        ranked = sorted(((z, value) for z, value in estimates.items() if z not in painted), key=lambda item: -item[1])
-        return ranked[0][0] if ranked else None
+            return max(candidates, key=lambda z: distance[z])
+        room = {z: min(distance[z], 2.0 * z + 1, 2.0 * (self.depth - 1 - z) + 1) for z in candidates}
+        return max(candidates, key=lambda z: ranking(estimates[z], distance[z], room[z], self.depth))
 
     def per_slice_error(self, labels: NDArray[np.uint8], slices: list[int]) -> NDArray[np.float64]:
         return np.array([np.mean(labels[z] != self.volume.truth[z]) for z in slices])
@@ -231,12 +295,8 @@ def evenly_spaced(depth: int, count: int) -> list[int]:
     return sorted({min(depth - 1, int((2 * index + 1) * depth / (2 * count))) for index in range(count)})
 
 
-def guided(simulation: Simulation, max_slices: int, gap: float = 0.0) -> tuple[Curve, list[float]]:
-    """Paint the middle slice, then press U after each: the curve, and rho at each step.
-
-    `gap` > 0 is the "spread" variant, not the web app's: survey slices closer than `gap`
-    to a painted slice are passed over while any other is left.
-    """
+def guided(simulation: Simulation, max_slices: int, ranking: Ranking = rank_uncertain) -> tuple[Curve, list[float]]:
+    """Paint the middle slice, then after each the survey slice `ranking` puts first: the curve, and rho at each step."""
     curve = Curve()
     correlations: list[float] = []
     painted = [evenly_spaced(simulation.depth, 1)[0]]
@@ -253,17 +313,14 @@ def guided(simulation: Simulation, max_slices: int, gap: float = 0.0) -> tuple[C
                 values = [estimates[z] for z in open_slices]
                 rho = spearmanr(values, errors).statistic if np.ptp(errors) > 0 and np.ptp(values) > 0 else math.nan
                 correlations.append(float(rho))
-            if gap > 0:
-                apart = {z: value for z, value in estimates.items() if min(abs(z - p) for p in painted) > gap}
-                estimates = apart or estimates
-        following = simulation.next_uncertain(estimates, painted)
+        following = simulation.next_slice(estimates, painted, ranking)
         if following is None:
             break
         painted.append(following)
     return curve, correlations
 
 
-def simulate(volume: GeneratedVolume, seed: int, max_slices: int, family: str | None = None, spread: bool = False) -> Trial:
+def simulate(volume: GeneratedVolume, seed: int, max_slices: int, family: str | None = None, also: tuple[str, ...] = ()) -> Trial:
     simulation = Simulation(volume, seed)
     depth = simulation.depth
     uncertain, correlations = guided(simulation, max_slices)
@@ -274,13 +331,13 @@ def simulate(volume: GeneratedVolume, seed: int, max_slices: int, family: str | 
         even.iou.append(simulation.job_score(slices)[0])
     even.slices = even.sets[-1]
     curves = {"uncertain": uncertain, "even": even}
-    if spread:
-        curves["spread"], _ = guided(simulation, max_slices, gap=depth * SPREAD_GAP)
+    for name in also:
+        curves[name], _ = guided(simulation, max_slices, RANKINGS[name])
     return Trial(family or volume.family, seed, tuple(volume.image.shape), curves, correlations, simulation.seconds)
 
 
 def run(
-    families: list[str], size: int, seeds: int, max_slices: int, log: Callable[[str], None] = print, spread: bool = False
+    families: list[str], size: int, seeds: int, max_slices: int, log: Callable[[str], None] = print, also: tuple[str, ...] = ()
 ) -> list[Trial]:
     trials = []
     for family in families:
@@ -288,12 +345,12 @@ def run(
             started = time.perf_counter()
             volume = VOLUMES[family](size, seed)
             generated = time.perf_counter() - started
-            trial = simulate(volume, seed, max_slices, family, spread)
+            trial = simulate(volume, seed, max_slices, family, also)
             trials.append(trial)
-            spread_line = (
-                f"  spread    IoU {_curve(trial.curves['spread'].iou)}  (z = {trial.curves['spread'].slices})\n"
-                if "spread" in trial.curves
-                else ""
+            extra_lines = "".join(
+                f"  {name:<9} IoU {_curve(trial.curves[name].iou)}  (z = {trial.curves[name].slices}; slices needed "
+                f"{_needed(trial.slices_to_target(name))})\n"
+                for name in also
             )
             log(
                 f"{family}, seed {seed}, {trial.shape}: generated in {generated:.1f} s, simulated in "
@@ -302,7 +359,7 @@ def run(
                 f"  uncertain painted z = {trial.curves['uncertain'].slices}\n"
                 f"  uncertain IoU {_curve(trial.curves['uncertain'].iou)}\n"
                 f"  even      IoU {_curve(trial.curves['even'].iou)}  (k = {max_slices}: z = {trial.curves['even'].slices})\n"
-                f"{spread_line}"
+                f"{extra_lines}"
                 f"  target {trial.target():.3f}: slices needed uncertain {_needed(trial.slices_to_target('uncertain'))}, "
                 f"even {_needed(trial.slices_to_target('even'))}; rho(uncertainty, job error) per step "
                 f"{', '.join('nan' if math.isnan(value) else f'{value:+.2f}' for value in trial.rank_correlation)}"
@@ -312,13 +369,13 @@ def run(
 
 def quick(log: Callable[[str], None] = print) -> list[Trial]:
     """The --quick run: one small volume, a few slices."""
-    return run(QUICK["families"], QUICK["size"], QUICK["seeds"], QUICK["max_slices"], log, QUICK["spread"])
+    return run(QUICK["families"], QUICK["size"], QUICK["seeds"], QUICK["max_slices"], log, tuple(QUICK["also"]))
 
 
 def summary(trials: list[Trial], max_slices: int, fraction: float = TARGET_FRACTION) -> str:
     """A Markdown table per family (means over seeds), then the overall lines."""
     families = list(dict.fromkeys(trial.family for trial in trials))
-    shown = [*STRATEGIES, *(["spread"] if all("spread" in trial.curves for trial in trials) else [])]
+    shown = [*STRATEGIES, *(name for name in EXTRA if all(name in trial.curves for trial in trials))]
     lines = [
         (
             f"mean IoU of the job's forest over the whole volume after k labelled slices (mean over seeds); "
@@ -391,23 +448,29 @@ def main() -> None:
     parser.add_argument("--target", type=float, default=TARGET_FRACTION, help=f"fraction of the best IoU to reach (default {TARGET_FRACTION})")
     parser.add_argument("--save", type=Path, help="write every trial's curves to this JSON file")
     parser.add_argument(
-        "--spread", action="store_true",
-        help=f"also the spread variant: U passing over survey slices within {SPREAD_GAP:.4g} of the depth of a painted one",
+        "--also", nargs="+", choices=EXTRA, default=[],
+        help="other rankings of the survey slices to run beside uncertain and even (see RANKINGS)",
     )
-    parser.add_argument("--quick", action="store_true", help="one small volume, 3 slices, with --spread: a smoke test")
+    parser.add_argument(
+        "--spread", action="store_true",
+        help=f"--also spread: U passing over survey slices within {SPREAD_GAP:.4g} of the depth of a painted one",
+    )
+    parser.add_argument("--quick", action="store_true", help="one small volume, 3 slices, with --also spread: a smoke test")
     arguments = parser.parse_args()
     if arguments.quick:
-        arguments.families, arguments.size, arguments.seeds, arguments.max_slices, arguments.spread = (
-            QUICK["families"], QUICK["size"], QUICK["seeds"], QUICK["max_slices"], QUICK["spread"]
+        arguments.families, arguments.size, arguments.seeds, arguments.max_slices, arguments.also = (
+            QUICK["families"], QUICK["size"], QUICK["seeds"], QUICK["max_slices"], [*arguments.also, *QUICK["also"]]
         )
+    also = tuple(name for name in EXTRA if name in arguments.also or (name == "spread" and arguments.spread))
     print(
         f"machine: {machine()}\nsize {arguments.size}, {arguments.seeds} seeds, families {' '.join(arguments.families)}, "
-        f"up to {arguments.max_slices} slices; survey {SURVEY_SLICES} z slices every {SURVEY_PIXEL_STEP} pixels",
+        f"up to {arguments.max_slices} slices; survey {SURVEY_SLICES} z slices every {SURVEY_PIXEL_STEP} pixels; "
+        f"strategies {' '.join([*STRATEGIES, *also])}",
         flush=True,
     )
     started = time.perf_counter()
     trials = run(
-        arguments.families, arguments.size, arguments.seeds, arguments.max_slices, lambda line: print(line, flush=True), arguments.spread
+        arguments.families, arguments.size, arguments.seeds, arguments.max_slices, lambda line: print(line, flush=True), also
     )
     print("\n" + summary(trials, arguments.max_slices, arguments.target))
     if arguments.save:

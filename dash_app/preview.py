@@ -10,6 +10,10 @@ Kept between requests: the features of recently viewed slices (bounded by
 recent mask, and a sparse sample of evenly spaced z slices from which every new forest
 estimates how unsure it is along the volume ("where to paint next"), computed in the
 background while the user is idle.
+
+The model (`segmentation.preview`) is imported on first use: it brings torch and
+scikit-learn, over 300 MiB, which a web app whose users never switch the preview on
+should not carry.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from cachetools import LRUCache
@@ -30,17 +35,9 @@ from dash_app.imaging import colour_labels, rgb
 from dash_app.masks import MaskOverlays
 from dash_app.volumes import ScanLibrary
 from segmentation.held_out import HeldOutScore
-from segmentation.preview import (
-    PaintedSamples,
-    PreviewModel,
-    fit_preview,
-    mean_uncertainty,
-    painted_samples,
-    preview_stride,
-    reduce_image,
-    reduce_labels,
-    slice_features,
-)
+
+if TYPE_CHECKING:
+    from segmentation.preview import PaintedSamples, PreviewModel
 
 SURVEY_SLICES = 32  # evenly spaced z slices whose uncertainty every new forest estimates
 SURVEY_PIXEL_STEP = 8  # of their preview pixels, every 8th along each side is kept (2 MiB a slice at 1024²)
@@ -103,6 +100,8 @@ class LivePreviews:
             known = self.predictions.get(key)
         if known is not None:
             return known
+        from segmentation.preview import mean_uncertainty, preview_stride  # with torch and scikit-learn: on first use
+
         self.last_request = time.monotonic()
         with self.compute:
             started = time.perf_counter()
@@ -141,6 +140,8 @@ class LivePreviews:
 
     def _model(self, scan: str, mask_id: str, annotations: Annotations, stride: int) -> tuple[PreviewModel, bool]:
         """(the forest of this mask, whether it was fitted just now)."""
+        from segmentation.preview import fit_preview, painted_samples, reduce_labels
+
         with self.state:
             model = self.models.get((scan, mask_id))
         if model is not None:
@@ -168,6 +169,8 @@ class LivePreviews:
         return model, True
 
     def _features(self, scan: str, axis: Axis, index: int, stride: int) -> NDArray[np.float32]:
+        from segmentation.preview import reduce_image, slice_features
+
         key = (scan, axis, index)
         with self.state:
             features = self.features.get(key)
@@ -190,6 +193,8 @@ class LivePreviews:
         Feature computation waits until the user has been idle for IDLE_SECONDS, one
         slice at a time, and stops when a newer forest for the scan takes over.
         """
+        from segmentation.preview import mean_uncertainty, reduce_image, slice_features
+
         depth = self.library.volume(scan).shape[0]
         wanted = np.unique(np.linspace(0, depth - 1, min(SURVEY_SLICES, depth)).round().astype(int)).tolist()
         with self.state:

@@ -195,7 +195,7 @@ function drawUncertaintyStrip() {
 }
 
 // U and the button: to the most uncertain slice not painted yet; again, to the next most uncertain.
-// (`previewState.lastJump`: the slice the last press went to.)
+// (`previewState.lastJump`: the slice the last press went to, and its ranking.)
 function nextUncertainSlice() {
   const inputs = typeof viewerState !== "undefined" ? viewerState.inputs : null;
   const say = (text) => { const message = document.getElementById("paint-next-message"); if (message) { message.textContent = text; } };
@@ -216,14 +216,18 @@ function nextUncertainSlice() {
     say("Every slice estimated is painted already.");
     return;
   }
-  // Pressed again on the slice it went to: the next in the ranking; from anywhere else: the top.
-  const here = previewState.lastJump === inputs[2] ? ranked.findIndex(([z]) => z === inputs[2]) : -1;
-  const [target, value] = ranked[(here + 1) % ranked.length];
-  previewState.lastJump = target;
+  // Pressed again on the slice it went to: the next in the ranking as it stood at the first press (the
+  // estimate changes as slices are previewed; the tour should not); from anywhere else: the top.
+  const last = previewState.lastJump;
+  const continuing = last && last.z === inputs[2];
+  const ranking = continuing ? last.ranking : ranked;
+  const position = continuing ? (last.position + 1) % ranking.length : 0;
+  const [target, value] = ranking[position];
+  previewState.lastJump = { z: target, ranking: ranking, position: position };
   // Through Dash, as the jumps to painted slices go: a slice Dash is still being told of must not land after this one.
   window.dash_clientside.set_props("slice-index", { data: target });
-  const rank = (here + 1) % ranked.length + 1;
-  say(`Went to z = ${target}: uncertainty ${value.toFixed(3)}, the ${rank === 1 ? "" : `${ordinal(rank)} `}most uncertain of ${ranked.length} slices not painted.`);
+  const rank = position + 1;
+  say(`Went to z = ${target}: uncertainty ${value.toFixed(3)}, the ${rank === 1 ? "" : `${ordinal(rank)} `}most uncertain of ${ranking.length} slices not painted.`);
 }
 
 function ordinal(rank) {

@@ -43,10 +43,7 @@ def reduce_image(image: NDArray[np.generic], stride: int) -> NDArray[np.float32]
     image = np.asarray(image, dtype=np.float32)
     if stride == 1:
         return image
-    height, width = image.shape
-    rows, columns = -(-height // stride), -(-width // stride)
-    padded = np.pad(image, ((0, rows * stride - height), (0, columns * stride - width)), mode="edge")
-    return padded.reshape(rows, stride, columns, stride).mean(axis=(1, 3), dtype=np.float32)
+    return _blocks(np.pad(image, _edge_padding(image.shape, stride), mode="edge"), stride).mean(axis=(1, 3), dtype=np.float32)
 
 
 def reduce_labels(labels: NDArray[np.integer], stride: int) -> NDArray[np.int8]:
@@ -54,10 +51,19 @@ def reduce_labels(labels: NDArray[np.integer], stride: int) -> NDArray[np.int8]:
     labels = np.asarray(labels, dtype=np.int8)
     if stride == 1:
         return labels
-    height, width = labels.shape
-    rows, columns = -(-height // stride), -(-width // stride)
-    padded = np.pad(labels, ((0, rows * stride - height), (0, columns * stride - width)), constant_values=UNLABELLED)
-    return padded.reshape(rows, stride, columns, stride).max(axis=(1, 3))
+    return _blocks(np.pad(labels, _edge_padding(labels.shape, stride), constant_values=UNLABELLED), stride).max(axis=(1, 3))
+
+
+def _edge_padding(shape: tuple[int, ...], stride: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """What brings each side up to a whole number of blocks."""
+    height, width = shape
+    return (0, -height % stride), (0, -width % stride)
+
+
+def _blocks(padded: NDArray[np.generic], stride: int) -> NDArray[np.generic]:
+    """(rows, stride, columns, stride): each block's pixels along axes 1 and 3."""
+    height, width = padded.shape
+    return padded.reshape(height // stride, stride, width // stride, stride)
 
 
 def slice_features(image: NDArray[np.float32], parameters: RandomForestParameters = PREVIEW_PARAMETERS) -> NDArray[np.float32]:

@@ -173,8 +173,7 @@ class ScanLibrary:
     def full_plane(self, scan: str, axis: Axis, index: int) -> NDArray[Any]:
         """One slice at full resolution, read past the caches: the live preview keeps its features instead."""
         check_slice(self.volume(scan).shape, axis, index)
-        selection = {"z": (index,), "y": (slice(None), index), "x": (slice(None), slice(None), index)}[axis]
-        return self._read_volume(scan, selection)
+        return self._read_volume(scan, _plane_selection(axis, index, 1))
 
     def image(self, scan: str, axis: Axis, index: int, max_size: int, rendering: Rendering) -> bytes:
         """The slice windowed and encoded; the slices read ahead are encoded ahead the same way."""
@@ -240,9 +239,7 @@ class ScanLibrary:
 
     def _fetch(self, key: tuple) -> NDArray[Any]:
         scan, axis, index, step = key
-        every = slice(None, None, step)
-        selection = {"z": (index, every, every), "y": (every, index, every), "x": (every, every, index)}[axis]
-        image = self._read_volume(scan, selection)
+        image = self._read_volume(scan, _plane_selection(axis, index, step))
         self.cache.put(key, image)
         return image
 
@@ -351,6 +348,12 @@ def dtype_name(text: str) -> str:
         return np.dtype(text).name
     except TypeError:
         return text
+
+
+def _plane_selection(axis: Axis, index: int, step: int) -> tuple[int | slice, ...]:
+    """The slice `index` along `axis`, every `step`-th pixel of it."""
+    every = slice(None, None, step)
+    return {"z": (index, every, every), "y": (every, index, every), "x": (every, every, index)}[axis]
 
 
 def slice_shape(shape: tuple[int, ...], axis: Axis) -> tuple[int, ...]:

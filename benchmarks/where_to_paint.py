@@ -12,7 +12,7 @@ the classes present on that slice), by one of two strategies:
   (`dash_app.preview.LivePreviews`), the preview's small forest is fitted on the painted
   slices at the preview's resolution (`segmentation.preview`), its mean uncertainty
   (1 - the top class probability) is estimated on SURVEY_SLICES evenly spaced z slices
-  from their features kept every SURVEY_PIXEL_STEP pixels, and the user presses U: the
+  from the features of tiles of them (`survey_features`), and the user presses U: the
   most uncertain survey slice not painted yet is painted next;
 - even: k slices evenly spaced through the volume (the centres of k equal parts; k = 1 is
   the middle slice, the other strategy's start), for every k.
@@ -67,11 +67,13 @@ from benchmarks.volumes import (
     random_field,
     render,
 )
-from dash_app.preview import SURVEY_PIXEL_STEP, SURVEY_SLICES
+from dash_app.preview import SURVEY_SLICES
 from segmentation.metrics import confusion_matrix, iou_from_confusion
 from segmentation.models import RandomForestParameters
 from segmentation.normalization import normalize, robust_range
 from segmentation.preview import (
+    SURVEY_GRID,
+    SURVEY_TILE,
     PaintedSamples,
     fit_preview,
     mean_uncertainty,
@@ -80,6 +82,7 @@ from segmentation.preview import (
     reduce_image,
     reduce_labels,
     slice_features,
+    survey_features,
 )
 from segmentation.random_forest import train_random_forest
 
@@ -218,9 +221,9 @@ class Simulation:
         self.seconds = {"preview": 0.0, "survey": 0.0, "job": 0.0}
         self.survey = np.unique(np.linspace(0, self.depth - 1, min(SURVEY_SLICES, self.depth)).round().astype(int)).tolist()
         started = time.perf_counter()
-        # The survey's features, sampled once per scan as the web app does (features of the whole slice, then every n-th pixel).
+        # The survey's features, computed once per scan as the web app does (tiles spread over each slice).
         self.survey_features = {
-            z: np.ascontiguousarray(slice_features(self._reduced_image(z))[::SURVEY_PIXEL_STEP, ::SURVEY_PIXEL_STEP])
+            z: survey_features(self._reduced_image(z))
             for z in self.survey
         }
         self.seconds["survey"] += time.perf_counter() - started
@@ -464,7 +467,7 @@ def main() -> None:
     also = tuple(name for name in EXTRA if name in arguments.also or (name == "spread" and arguments.spread))
     print(
         f"machine: {machine()}\nsize {arguments.size}, {arguments.seeds} seeds, families {' '.join(arguments.families)}, "
-        f"up to {arguments.max_slices} slices; survey {SURVEY_SLICES} z slices every {SURVEY_PIXEL_STEP} pixels; "
+        f"up to {arguments.max_slices} slices; survey {SURVEY_SLICES} z slices in {SURVEY_GRID}x{SURVEY_GRID} tiles of {SURVEY_TILE}²; "
         f"strategies {' '.join([*STRATEGIES, *also])}",
         flush=True,
     )

@@ -70,6 +70,22 @@ _CHANNELS: dict[str, tuple[str, ...]] = {
 Array = TypeVar("Array", np.ndarray, torch.Tensor)
 
 
+def filter_reach(parameters: RandomForestParameters) -> int:
+    """How far, in pixels, a feature's value reaches into the image: a tile with this margin computes its middle exactly.
+
+    The widest chain of kernels is at the largest scale: presmoothing, the derivative at
+    sigma 1, and the structure tensor's outer average.
+    """
+    largest = max(parameters.scales)
+    presmoothing = math.sqrt(max(largest**2 - PRESMOOTH_ABOVE**2, 0.0))
+    chain = [presmoothing, min(largest, PRESMOOTH_ABOVE), OUTER_SCALE_RATIO * largest]
+    return sum(_kernel_radius(sigma) for sigma in chain if sigma > 0)
+
+
+def _kernel_radius(sigma: float) -> int:
+    return max(1, int(WINDOW_SIGMAS * sigma + 0.5))
+
+
 def feature_names(parameters: RandomForestParameters) -> list[str]:
     """One name per output channel, in the order of the last axis of `compute_features`."""
     return [
@@ -136,7 +152,7 @@ def gaussian_kernel(sigma: float, order: int) -> NDArray[np.float32]:
 
 @lru_cache(maxsize=128)
 def _gaussian_kernel(sigma: float, order: int) -> NDArray[np.float32]:
-    radius = max(1, int(WINDOW_SIGMAS * sigma + 0.5))
+    radius = _kernel_radius(sigma)
     offsets = np.arange(-radius, radius + 1, dtype=np.float64)
     gaussian = np.exp(-0.5 * (offsets / sigma) ** 2)
     gaussian /= gaussian.sum()

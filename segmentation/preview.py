@@ -6,7 +6,8 @@ PREVIEW_SIZE pixels by averaging square blocks of voxels (a coarser scan of the 
 sample, not every n-th pixel, which would alias). Features are the job's ilastik
 features at every scale, so a slice's features are computed once and serve every later
 fit. A painted slice contributes its labelled pixels (a block is labelled when any of its
-pixels is); the forest is smaller than the job's, since it is refitted on every stroke.
+pixels is); the forest, refitted on every stroke, is smaller than the job's and of
+extremely randomised trees (`fit_trees`).
 
 Its score comes from labelled pixels held out in whole tiles, as the job's does
 (`segmentation.held_out`): a forest scored on pixels next to the ones it fitted would
@@ -19,18 +20,21 @@ from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import ExtraTreesClassifier
 
 from mlex_tomo.tiled_names import UNLABELLED
-from segmentation.features import NUMPY_DEVICE, compute_features
+from segmentation.features import NUMPY_DEVICE, compute_features, feature_names, filter_reach, worker_count
 from segmentation.held_out import HeldOutScore, hold_out_tiles
 from segmentation.metrics import confusion_matrix
 from segmentation.models import RandomForestParameters
-from segmentation.random_forest import balanced_quotas, classify_pixels, fit_forest
+from segmentation.random_forest import balanced_quotas, classify_pixels
 
 PREVIEW_SIZE = 1024  # pixels along the longest side of a slice, about what a screen shows
 HELD_OUT_FRACTION = 0.2
-PREVIEW_PARAMETERS = RandomForestParameters(n_estimators=24, max_depth=10, max_training_pixels=40_000, selected_features=None)
+BAND_ROWS = 256  # rows of a slice computed together: 1024 x 256 x 4 bytes stays in cache, a whole 1024² slice ran ~1.6x slower
+SURVEY_GRID = 6  # tiles along each side of a slice whose uncertainty the survey estimates
+SURVEY_TILE = 24  # preview pixels along each side of a survey tile: 20,736 of a 1024² slice's pixels
+PREVIEW_PARAMETERS = RandomForestParameters(n_estimators=16, max_depth=10, max_training_pixels=40_000, selected_features=None)
 
 
 def preview_stride(volume_shape: tuple[int, ...], size: int = PREVIEW_SIZE) -> int:
@@ -67,8 +71,65 @@ def _blocks(padded: NDArray[np.generic], stride: int) -> NDArray[np.generic]:
 
 
 def slice_features(image: NDArray[np.float32], parameters: RandomForestParameters = PREVIEW_PARAMETERS) -> NDArray[np.float32]:
-    """(y, x, feature) of one reduced slice, on the CPU back end: the preview shares its node with the web app."""
-    return compute_features(image[np.newaxis], parameters, NUMPY_DEVICE)[0]
+    """(y, x, feature) of one reduced slice, on the CPU back end: the preview shares its node with the web app.
+
+    The back end gives each slice of a stack one thread, so the slice is cut into bands
+    of at most BAND_ROWS rows (at least one per core), computed side by side
+    (`_pieces_features`): on 2 cores, 0.29 s at 1024² against 0.46 s in one piece.
+    """
+    height, width = image.shape
+    bands = min(max(worker_count(), -(-height // BAND_ROWS)), height // (2 * filter_reach(parameters) + 1))
+    if bands <= 1:
+        return compute_features(image[np.newaxis], parameters, NUMPY_DEVICE)[0]
+    band = -(-height // bands)
+    rows = [min(number * band, height - band) for number in range(bands)]  # the last band overlaps the one before it
+    features = np.empty((height, width, len(feature_names(parameters))), np.float32)
+    for row, piece in zip(rows, _pieces_features(image, [(row, 0) for row in rows], (band, width), parameters)):
+        features[row : row + band] = piece
+    return features
+
+
+def survey_features(image: NDArray[np.float32], parameters: RandomForestParameters = PREVIEW_PARAMETERS) -> NDArray[np.float32]:
+    """Features of SURVEY_GRID x SURVEY_GRID small tiles spread evenly over a reduced slice, stacked along the first axis.
+
+    About a sixth of the work of the whole slice at 1024², which is what lets the survey
+    run between strokes.
+    """
+    height, width = image.shape
+    tile = min(SURVEY_TILE, height, width)
+    corners = [(row, column) for row in _tile_starts(height, tile) for column in _tile_starts(width, tile)]
+    window = tile + 2 * filter_reach(parameters)
+    if len(corners) * window**2 >= height * width:  # the tiles with their margins would cover the slice
+        whole = slice_features(image, parameters)
+        return np.concatenate([whole[row : row + tile, column : column + tile] for row, column in corners])
+    return np.concatenate(_pieces_features(image, corners, (tile, tile), parameters))
+
+
+def _tile_starts(extent: int, tile: int) -> list[int]:
+    return np.unique(np.linspace(0, extent - tile, SURVEY_GRID).round().astype(int)).tolist()
+
+
+def _pieces_features(
+    image: NDArray[np.float32], corners: list[tuple[int, int]], size: tuple[int, int], parameters: RandomForestParameters
+) -> list[NDArray[np.float32]]:
+    """The features of pieces of one size of a slice (given by their top-left corners), equal to the whole slice's there.
+
+    Each is computed in a window reaching `filter_reach` beyond it, or to the slice's
+    edge, which the filters mirror as they do the whole slice's. The windows are one
+    stack, computed on as many threads as the back end has.
+    """
+    height, width = image.shape
+    reach = filter_reach(parameters)
+    window = (min(size[0] + 2 * reach, height), min(size[1] + 2 * reach, width))
+    origins = [
+        (min(max(row - reach, 0), height - window[0]), min(max(column - reach, 0), width - window[1])) for row, column in corners
+    ]
+    stack = np.stack([image[top : top + window[0], left : left + window[1]] for top, left in origins])
+    features = compute_features(stack, parameters, NUMPY_DEVICE)
+    return [
+        features[position, row - top : row - top + size[0], column - left : column - left + size[1]]
+        for position, ((top, left), (row, column)) in enumerate(zip(origins, corners))
+    ]
 
 
 @dataclass(frozen=True)
@@ -99,9 +160,8 @@ def painted_samples(features: NDArray[np.float32], labels: NDArray[np.int8], see
 
 @dataclass(frozen=True)
 class PreviewModel:
-    forest: RandomForestClassifier
+    forest: ExtraTreesClassifier
     trained_pixels: int  # labelled preview pixels the forest was fitted on
-    held_out: HeldOutScore | None  # None: too few labels to hold any out honestly
 
     def predict(self, features: NDArray[np.float32]) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
         """Class and uncertainty (1 - the largest class probability) of every pixel of a slice's features."""
@@ -110,29 +170,56 @@ class PreviewModel:
         return labels.reshape(height, width), uncertainty.reshape(height, width)
 
 
-def fit_preview(
-    painted: list[PaintedSamples], parameters: RandomForestParameters = PREVIEW_PARAMETERS, score: bool = True
-) -> PreviewModel:
-    """A forest on a class-balanced draw of every painted pixel; with `score`, first one without the held-out pixels, to score.
+def fit_preview(painted: list[PaintedSamples], parameters: RandomForestParameters = PREVIEW_PARAMETERS) -> PreviewModel:
+    """A forest on a class-balanced draw of every painted pixel.
 
     Raises ValueError unless two classes are painted.
     """
-    features = np.concatenate([samples.features for samples in painted]) if painted else np.empty((0, 0), np.float32)
+    drawn = _drawn(painted, parameters)
+    return PreviewModel(forest=fit_trees(drawn.features, drawn.classes, parameters), trained_pixels=drawn.pixels)
+
+
+def held_out_score(painted: list[PaintedSamples], parameters: RandomForestParameters = PREVIEW_PARAMETERS) -> HeldOutScore | None:
+    """How a forest fitted on `fit_preview`'s draw less its held-out tiles labels those tiles; None: too few labels to hold any out.
+
+    A second fit, as long as the first: the preview shows its prediction first and scores it after.
+    Raises ValueError unless two classes are painted.
+    """
+    drawn = _drawn(painted, parameters)
+    kept = ~drawn.held_out
+    if not drawn.held_out.any() or np.unique(drawn.classes[kept]).size < 2:
+        return None
+    forest = fit_trees(drawn.features[kept], drawn.classes[kept], parameters)
+    predicted, _ = classify_pixels(forest, np.ascontiguousarray(drawn.features[drawn.held_out]))
+    truth = drawn.classes[drawn.held_out].astype(np.int64)
+    num_classes = int(max(truth.max(), predicted.max())) + 1
+    return HeldOutScore.from_confusion(confusion_matrix(predicted, truth, num_classes))
+
+
+def _drawn(painted: list[PaintedSamples], parameters: RandomForestParameters) -> PaintedSamples:
+    """The painted slices' samples pooled, then drawn down to the budget as evenly by class as they allow (the same draw every time)."""
     classes = np.concatenate([samples.classes for samples in painted]) if painted else np.empty(0, np.int8)
-    held_out = np.concatenate([samples.held_out for samples in painted]) if painted else np.empty(0, bool)
     if np.unique(classes).size < 2:
         raise ValueError("paint at least two classes to see a preview")
     chosen = _balanced_draw(classes, parameters.max_training_pixels, parameters.seed)
-    result = None
-    if score and held_out[chosen].any() and np.unique(classes[chosen][~held_out[chosen]]).size >= 2:
-        training, scored = chosen[~held_out[chosen]], chosen[held_out[chosen]]
-        forest = fit_forest(features[training], classes[training].astype(np.uint8), parameters)
-        predicted, _ = classify_pixels(forest, np.ascontiguousarray(features[scored]))
-        truth = classes[scored].astype(np.int64)
-        num_classes = int(max(truth.max(), predicted.max())) + 1
-        result = HeldOutScore.from_confusion(confusion_matrix(predicted, truth, num_classes))
-    forest = fit_forest(features[chosen], classes[chosen].astype(np.uint8), parameters)
-    return PreviewModel(forest=forest, trained_pixels=int(chosen.size), held_out=result)
+    return PaintedSamples(
+        features=np.concatenate([samples.features for samples in painted])[chosen],
+        classes=classes[chosen],
+        held_out=np.concatenate([samples.held_out for samples in painted])[chosen],
+    )
+
+
+def fit_trees(features: NDArray[np.float32], classes: NDArray[np.int8], parameters: RandomForestParameters) -> ExtraTreesClassifier:
+    """Extremely randomised trees, which draw their split thresholds instead of searching them.
+
+    They fit 40,000 pixels about ten times faster than the job's random forest, and on the
+    benchmark volumes segment as well (docs/decisions.md, "Live preview"): the difference
+    between a preview that follows a stroke within a second and one that lags behind it.
+    """
+    trees = ExtraTreesClassifier(
+        n_estimators=parameters.n_estimators, max_depth=parameters.max_depth, n_jobs=-1, random_state=parameters.seed
+    )
+    return trees.fit(features, classes.astype(np.uint8))
 
 
 def _balanced_draw(classes: NDArray[np.int8], budget: int, seed: int) -> NDArray[np.int64]:

@@ -15,7 +15,7 @@ from typing import Any
 import joblib
 import numpy as np
 from numpy.typing import NDArray
-from sklearn.ensemble import RandomForestClassifier
+from sklearn.ensemble import ExtraTreesClassifier, RandomForestClassifier
 
 from mlex_tomo.tiled_names import UNLABELLED
 from segmentation.features import compute_features, feature_names, worker_count
@@ -293,7 +293,7 @@ def slices_per_block(shape: tuple[int, int], feature_count: int) -> int:
 
 
 def classify_pixels(
-    model: RandomForestClassifier, pixels: NDArray[np.float32]
+    model: RandomForestClassifier | ExtraTreesClassifier, pixels: NDArray[np.float32]
 ) -> tuple[NDArray[np.uint8], NDArray[np.float32]]:
     """The forest's predict_proba, chunk by chunk on threads, reduced to label and uncertainty.
 

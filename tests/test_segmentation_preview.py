@@ -7,16 +7,21 @@ import pytest
 from scipy import ndimage
 
 from mlex_tomo.tiled_names import UNLABELLED
+from segmentation.features import NUMPY_DEVICE, compute_features
 from segmentation.models import RandomForestParameters
 from segmentation.preview import (
     PREVIEW_PARAMETERS,
+    SURVEY_GRID,
+    SURVEY_TILE,
     fit_preview,
+    held_out_score,
     mean_uncertainty,
     painted_samples,
     preview_stride,
     reduce_image,
     reduce_labels,
     slice_features,
+    survey_features,
 )
 
 
@@ -69,8 +74,9 @@ def test_the_preview_forest_learns_from_strokes_and_scores_itself_on_held_out_ti
     labels, uncertainty = model.predict(features)
     assert labels.shape == truth.shape and uncertainty.shape == truth.shape
     assert np.mean(labels == truth) > 0.9
-    assert model.held_out is not None and 0 < model.held_out.pixels < painted.pixels / 2
-    assert model.held_out.mean_iou > 0.8
+    score = held_out_score([painted])
+    assert score is not None and 0 < score.pixels < painted.pixels / 2
+    assert score.mean_iou > 0.8
     assert 0 <= mean_uncertainty(uncertainty) < 0.5
     assert model.trained_pixels == min(painted.pixels, PREVIEW_PARAMETERS.max_training_pixels)
 
@@ -87,8 +93,8 @@ def test_too_few_labels_to_hold_out_give_no_score_rather_than_a_flattering_one()
     for label in (0, 1):
         row, column = np.argwhere(ndimage.binary_erosion(truth == label, iterations=3))[0]
         labels[row, column : column + 2] = label  # two pixels a class
-    model = fit_preview([painted_samples(slice_features(image), labels)])
-    assert model.held_out is None and model.trained_pixels == 4
+    painted = [painted_samples(slice_features(image), labels)]
+    assert held_out_score(painted) is None and fit_preview(painted).trained_pixels == 4
 
 
 def test_one_class_painted_asks_for_another_and_mismatched_labels_are_refused():
@@ -99,6 +105,8 @@ def test_one_class_painted_asks_for_another_and_mismatched_labels_are_refused():
         fit_preview([painted_samples(features, one_class)])
     with pytest.raises(ValueError, match="at least two classes"):
         fit_preview([])
+    with pytest.raises(ValueError, match="at least two classes"):
+        held_out_score([painted_samples(features, one_class)])
     with pytest.raises(ValueError, match="do not match"):
         painted_samples(features, one_class[:-1])
 
@@ -107,5 +115,27 @@ def test_a_budget_of_training_pixels_is_shared_by_the_classes():
     image, truth = two_phases(seed=5)
     labels = np.where(truth == 1, 1, 0).astype(np.int8)  # every pixel painted
     parameters = RandomForestParameters(n_estimators=4, max_depth=4, max_training_pixels=200, selected_features=None)
-    model = fit_preview([painted_samples(slice_features(image), labels)], parameters, score=False)
-    assert model.trained_pixels == 200 and model.held_out is None
+    model = fit_preview([painted_samples(slice_features(image), labels)], parameters)
+    assert model.trained_pixels == 200
+
+
+def test_the_survey_s_tiles_have_the_whole_slice_s_features_for_a_fraction_of_the_work():
+    image = ndimage.gaussian_filter(np.random.default_rng(6).normal(size=(400, 380)), 2).astype(np.float32)
+    tiles = survey_features(image)  # 36 tiles, each computed with its margin
+    assert tiles.shape == (SURVEY_GRID**2 * SURVEY_TILE, SURVEY_TILE, 32)
+    np.testing.assert_allclose(tiles, tiles_of(slice_features(image)), rtol=0, atol=1e-6)
+    small = image[:60, :50]  # the tiles with their margins would cover it: the whole slice is computed
+    np.testing.assert_allclose(survey_features(small), tiles_of(slice_features(small)), rtol=0, atol=1e-6)
+
+
+def tiles_of(features: np.ndarray) -> np.ndarray:
+    """The survey's tiles cut from a whole slice's features: SURVEY_GRID evenly spaced along each side."""
+    rows, columns = (np.unique(np.linspace(0, extent - SURVEY_TILE, SURVEY_GRID).round().astype(int)) for extent in features.shape[:2])
+    return np.concatenate([features[row : row + SURVEY_TILE, column : column + SURVEY_TILE] for row in rows for column in columns])
+
+
+@pytest.mark.parametrize("shape", [(600, 90), (45, 300), (1000, 33)])
+def test_a_slice_computed_in_bands_has_the_features_of_the_slice_computed_whole(shape):
+    image = ndimage.gaussian_filter(np.random.default_rng(7).normal(size=shape), 2).astype(np.float32)
+    whole = compute_features(image[np.newaxis], PREVIEW_PARAMETERS, NUMPY_DEVICE)[0]
+    np.testing.assert_allclose(slice_features(image), whole, rtol=0, atol=1e-6)

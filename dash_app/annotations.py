@@ -122,7 +122,18 @@ class Annotations(BaseModel):
 
     def plane(self, axis: Axis, index: int) -> NDArray[np.int8]:
         """The labels of one slice along any axis, strokes painted on crossing slices included."""
-        return label_plane(painted_runs(self), self.volume_shape, axis, index)
+        reaching = self.model_copy(update={"strokes": self.strokes_reaching(axis, index)})
+        return label_plane(painted_runs(reaching), self.volume_shape, axis, index)
+
+    def strokes_reaching(self, axis: Axis, index: int) -> list[Stroke]:
+        """The strokes that can label one slice, in order: its own, and those on slices along the other axes, which cross it."""
+        return [stroke for stroke in self.strokes if stroke.plane == (axis, index) or stroke.axis != axis]
+
+    def plane_digest(self, axis: Axis, index: int) -> str:
+        """A hash of all that one slice's labels depend on: while it holds, so do they (and whatever was computed from them)."""
+        reaching = [stroke.model_dump(mode="json") for stroke in self.strokes_reaching(axis, index)]
+        text = json.dumps([self.class_index(), self.volume_shape, reaching], sort_keys=True, separators=(",", ":"))
+        return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
     def class_index(self) -> dict[int, int]:
         """Class id -> its index 0..K-1 in the mask, in the order of the ids."""

@@ -57,7 +57,7 @@ def create_app(settings: StackSettings) -> Dash:
     )
     scans.register_callbacks(app, library)
     viewer.register_callbacks(app, library)
-    annotate.register_callbacks(app, settings, tiled)
+    annotate.register_callbacks(app, settings, tiled, previews)
     status.register_callbacks(app, settings)
     runs = SegmentationRuns(settings)
     jobs.register_callbacks(app, runs, library)

@@ -18,11 +18,10 @@ should not carry.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -30,8 +29,8 @@ import numpy as np
 from cachetools import LRUCache
 from numpy.typing import NDArray
 
-from dash_app.annotations import Annotations, Axis, label_plane, painted_runs
-from dash_app.imaging import colour_labels, rgb
+from dash_app.annotations import Annotations, Axis
+from dash_app.imaging import palette_png, rgb
 from dash_app.masks import MaskOverlays
 from dash_app.volumes import ScanLibrary
 from segmentation.held_out import HeldOutScore
@@ -40,7 +39,6 @@ if TYPE_CHECKING:
     from segmentation.preview import PaintedSamples, PreviewModel
 
 SURVEY_SLICES = 32  # evenly spaced z slices whose uncertainty every new forest estimates
-SURVEY_PIXEL_STEP = 8  # of their preview pixels, every 8th along each side is kept (2 MiB a slice at 1024²)
 IDLE_SECONDS = 2.0  # the survey's feature computation waits this long after the last preview request
 
 logger = logging.getLogger(__name__)
@@ -55,22 +53,17 @@ class Preview:
     labels: NDArray[np.uint8]  # at the preview's resolution
     uncertainty: float  # the slice's mean (1 - top class probability)
     trained_pixels: int
-    held_out: HeldOutScore | None
     stride: int
     seconds: float  # spent computing it, reading the slice included
 
     def headers(self) -> dict[str, str]:
-        """What the browser reports beside the image."""
-        headers = {
+        """What the browser reports beside the image (the forest's held-out score follows with the survey's estimates)."""
+        return {
             "X-Preview-Trained-Pixels": str(self.trained_pixels),
             "X-Preview-Stride": str(self.stride),
             "X-Preview-Slice-Uncertainty": f"{self.uncertainty:.4f}",
             "X-Preview-Seconds": f"{self.seconds:.3f}",
-            "X-Preview-Held-Out-Pixels": str(0 if self.held_out is None else self.held_out.pixels),
         }
-        if self.held_out is not None:
-            headers["X-Preview-Held-Out-Mean-IoU"] = f"{self.held_out.mean_iou:.3f}"
-        return headers
 
 
 class LivePreviews:
@@ -80,15 +73,47 @@ class LivePreviews:
         self.features: LRUCache[tuple, NDArray[np.float32]] = LRUCache(maxsize=feature_cache_bytes, getsizeof=lambda array: array.nbytes)
         self.samples: LRUCache[tuple, PaintedSamples] = LRUCache(maxsize=4096)
         self.models: LRUCache[tuple[str, str], PreviewModel] = LRUCache(maxsize=8)
+        self.scores: LRUCache[tuple[str, str], HeldOutScore | None] = LRUCache(maxsize=8)
         self.predictions: LRUCache[tuple, Preview] = LRUCache(maxsize=32)  # 1 MiB of labels each at 1024²
-        self.survey_features: LRUCache[str, dict[int, NDArray[np.float32]]] = LRUCache(maxsize=4)
+        self.pending: dict[tuple, Future[Preview]] = {}  # begun while their mask was being saved
+        self.survey_features: LRUCache[str, dict[int, NDArray[np.float32]]] = LRUCache(maxsize=2)  # 83 MiB a scan at 1024²
         self.survey_uncertainty: LRUCache[tuple[str, str], dict[int, float]] = LRUCache(maxsize=8)
         self.viewed_uncertainty: LRUCache[tuple[str, str], dict[int, float]] = LRUCache(maxsize=8)
         self.newest_mask: dict[str, str] = {}  # scan -> the mask whose forest was fitted last
         self.compute = threading.Lock()  # one computation at a time: each uses every core
-        self.state = threading.Lock()  # the caches, shared by the request threads and the survey
+        self.state = threading.Lock()  # the caches, shared by the request threads and the background ones
         self.last_request = time.monotonic()
+        self.starter = ThreadPoolExecutor(1, thread_name_prefix="preview")
         self.surveyor = ThreadPoolExecutor(1, thread_name_prefix="preview-survey")
+
+    def begin(self, annotations: Annotations, axis: Axis, index: int) -> None:
+        """Start the preview of the slice on screen while its annotations are being saved.
+
+        The browser asks for it once the save has told it the mask id, and finds it under
+        way: the fit overlaps the save instead of following it.
+        """
+        self.masks.remember(annotations)
+        key = (annotations.scan, annotations.mask_id(), axis, index)
+        with self.state:
+            if key not in self.predictions and key not in self.pending:
+                self.pending[key] = self.starter.submit(self._computed, key, annotations)
+
+    def warm(self, scan: str, axis: Axis, index: int) -> None:
+        """Load the model's libraries and compute the features of a slice nothing is painted on yet, in the background.
+
+        The preview is switched on before the first stroke: this spares that stroke the
+        import of scikit-learn and torch and the slice's features, several seconds.
+        """
+        self.starter.submit(self._warmed_logging_failures, scan, axis, index)
+
+    def _warmed_logging_failures(self, scan: str, axis: Axis, index: int) -> None:
+        from segmentation.preview import preview_stride
+
+        try:
+            with self.compute:
+                self._features(scan, axis, index, preview_stride(tuple(self.library.volume(scan).shape)))
+        except Exception:  # the next preview request says what is wrong
+            logger.exception("warming the preview of %s %s=%d failed", scan, axis, index)
 
     def preview(self, scan: str, mask_id: str, axis: Axis, index: int) -> Preview:
         """The prediction of one slice by the forest of mask `mask_id` (never changes: a mask id is its content's hash).
@@ -97,38 +122,53 @@ class LivePreviews:
         """
         key = (scan, mask_id, axis, index)
         with self.state:
-            known = self.predictions.get(key)
+            known, begun = self.predictions.get(key), self.pending.get(key)
         if known is not None:
             return known
+        if begun is not None:
+            return begun.result()
+        return self._computed(key, None)
+
+    def held_out_score(self, scan: str, mask_id: str) -> tuple[bool, HeldOutScore | None]:
+        """(whether the forest of this mask is scored yet, its score: None when too few labels could be held out)."""
+        with self.state:
+            return (scan, mask_id) in self.scores, self.scores.get((scan, mask_id))
+
+    def _computed(self, key: tuple, annotations: Annotations | None) -> Preview:
         from segmentation.preview import mean_uncertainty, preview_stride  # with torch and scikit-learn: on first use
 
+        scan, mask_id, axis, index = key
         self.last_request = time.monotonic()
-        with self.compute:
-            started = time.perf_counter()
-            shape = tuple(self.library.volume(scan).shape)
-            stride = preview_stride(shape)
-            annotations = self.masks.annotations_of(scan, mask_id).on_volume(shape)
-            model, fresh = self._model(scan, mask_id, annotations, stride)
-            labels, uncertainty = model.predict(self._features(scan, axis, index, stride))
-            preview = Preview(
-                labels=labels, uncertainty=mean_uncertainty(uncertainty), trained_pixels=model.trained_pixels,
-                held_out=model.held_out, stride=stride, seconds=time.perf_counter() - started,
-            )
-        with self.state:
-            self.predictions[key] = preview
-            if axis == "z":
-                self.viewed_uncertainty.setdefault((scan, mask_id), {})[index] = preview.uncertainty
-        if fresh:
-            self.surveyor.submit(self._survey_logging_failures, scan, mask_id, stride)
+        try:
+            with self.compute:
+                started = time.perf_counter()
+                shape = tuple(self.library.volume(scan).shape)
+                stride = preview_stride(shape)
+                annotations = (annotations or self.masks.annotations_of(scan, mask_id)).on_volume(shape)
+                model, painted = self._model(scan, mask_id, annotations, stride)
+                labels, uncertainty = model.predict(self._features(scan, axis, index, stride))
+                preview = Preview(
+                    labels=labels, uncertainty=mean_uncertainty(uncertainty), trained_pixels=model.trained_pixels,
+                    stride=stride, seconds=time.perf_counter() - started,
+                )
+            with self.state:
+                self.predictions[key] = preview
+                if axis == "z":
+                    self.viewed_uncertainty.setdefault((scan, mask_id), {})[index] = preview.uncertainty
+        finally:
+            with self.state:
+                self.pending.pop(key, None)
+        if painted is not None:
+            self.surveyor.submit(self._follow_up_logging_failures, scan, mask_id, stride, painted)
         self.last_request = time.monotonic()
         return preview
 
-    def overlay(self, scan: str, mask_id: str, preview: Preview, hidden: set[int]) -> NDArray[np.uint8]:
-        """The preview's labels in their classes' colours (less `hidden`)."""
+    def overlay_png(self, scan: str, mask_id: str, preview: Preview, hidden: set[int]) -> bytes:
+        """The preview's labels in their classes' colours (less `hidden`), as a PNG."""
         annotations = self.masks.annotations_of(scan, mask_id)
         index_of = annotations.class_index()
         colours = {index_of[class_id]: rgb(info.color) for class_id, info in annotations.classes.items()}
-        return colour_labels(preview.labels, colours, hidden)
+        return palette_png(preview.labels, colours, hidden)
 
     def slice_uncertainty(self, scan: str, mask_id: str) -> dict[int, float]:
         """Mean uncertainty of the z slices estimated so far: the survey's, then the slices previewed, which are exact."""
@@ -138,23 +178,21 @@ class LivePreviews:
                 **self.viewed_uncertainty.get((scan, mask_id), {}),
             }
 
-    def _model(self, scan: str, mask_id: str, annotations: Annotations, stride: int) -> tuple[PreviewModel, bool]:
-        """(the forest of this mask, whether it was fitted just now)."""
+    def _model(self, scan: str, mask_id: str, annotations: Annotations, stride: int) -> tuple[PreviewModel, list[PaintedSamples] | None]:
+        """(the forest of this mask, the samples it was fitted on if that was just now, else None)."""
         from segmentation.preview import fit_preview, painted_samples, reduce_labels
 
         with self.state:
             model = self.models.get((scan, mask_id))
         if model is not None:
-            return model, False
-        runs = painted_runs(annotations)
+            return model, None
         painted = []
         for axis, index in annotations.painted_planes():
-            labels = reduce_labels(label_plane(runs, annotations.volume_shape, axis, index), stride)
-            digest = hashlib.blake2b(labels.tobytes(), digest_size=16).hexdigest()
-            key = (scan, axis, index, digest)
+            key = (scan, axis, index, stride, annotations.plane_digest(axis, index))
             with self.state:
                 samples = self.samples.get(key)
-            if samples is None:
+            if samples is None:  # the slice painted by this stroke: the others are as the last forest saw them
+                labels = reduce_labels(annotations.plane(axis, index), stride)
                 samples = painted_samples(self._features(scan, axis, index, stride), labels)
                 with self.state:
                     self.samples[key] = samples
@@ -166,7 +204,7 @@ class LivePreviews:
         with self.state:
             self.models[(scan, mask_id)] = model
             self.newest_mask[scan] = mask_id
-        return model, True
+        return model, painted
 
     def _features(self, scan: str, axis: Axis, index: int, stride: int) -> NDArray[np.float32]:
         from segmentation.preview import reduce_image, slice_features
@@ -181,19 +219,28 @@ class LivePreviews:
                     self.features[key] = features
         return features
 
-    def _survey_logging_failures(self, scan: str, mask_id: str, stride: int) -> None:
+    def _follow_up_logging_failures(self, scan: str, mask_id: str, stride: int, painted: list[PaintedSamples]) -> None:
+        """After a new forest's first preview: its held-out score, then its survey, unless a newer forest came first."""
+        from segmentation.preview import held_out_score
+
         try:
+            if self._superseded(scan, mask_id):
+                return
+            with self.compute:
+                score = held_out_score(painted)
+            with self.state:
+                self.scores[(scan, mask_id)] = score
             self._survey(scan, mask_id, stride)
-        except Exception:  # a scan removed meanwhile, Tiled down: the estimate is left partial
-            logger.exception("the preview's uncertainty survey of %s stopped", scan)
+        except Exception:  # a scan removed meanwhile, Tiled down: the score or the estimate is left missing
+            logger.exception("the preview's score or uncertainty survey of %s stopped", scan)
 
     def _survey(self, scan: str, mask_id: str, stride: int) -> None:
-        """Estimate the new forest's uncertainty on evenly spaced z slices, their features sampled once per scan.
+        """Estimate the new forest's uncertainty on evenly spaced z slices, from tiles of them whose features are computed once per scan.
 
         Feature computation waits until the user has been idle for IDLE_SECONDS, one
         slice at a time, and stops when a newer forest for the scan takes over.
         """
-        from segmentation.preview import mean_uncertainty, reduce_image, slice_features
+        from segmentation.preview import mean_uncertainty, reduce_image, survey_features
 
         depth = self.library.volume(scan).shape[0]
         wanted = np.unique(np.linspace(0, depth - 1, min(SURVEY_SLICES, depth)).round().astype(int)).tolist()
@@ -210,8 +257,7 @@ class LivePreviews:
                     if self._superseded(scan, mask_id):
                         return
                 with self.compute:
-                    features = slice_features(reduce_image(self.library.full_plane(scan, "z", z), stride))
-                sampled[z] = np.ascontiguousarray(features[::SURVEY_PIXEL_STEP, ::SURVEY_PIXEL_STEP])
+                    sampled[z] = survey_features(reduce_image(self.library.full_plane(scan, "z", z), stride))
             with self.state:
                 model = self.models.get((scan, mask_id))
             if model is None:

@@ -41,7 +41,7 @@ def slice_routes(library: ScanLibrary, masks: MaskOverlays, results: ResultOverl
                 raise ValueError(f"{mask_id!r} is not a mask id (32 hexadecimal digits)")
             check_slice(library.volume(scan).shape, axis, index)
             preview = previews.preview(scan, mask_id, axis, index)
-            image = previews.overlay(scan, mask_id, preview, _hidden_classes())
+            image = previews.overlay_png(scan, mask_id, preview, _hidden_classes())
         except PreviewUnavailable as error:
             return _problem(409, str(error))
         except (ScanNotFound, LookupError) as error:
@@ -51,18 +51,38 @@ def slice_routes(library: ScanLibrary, masks: MaskOverlays, results: ResultOverl
         except Exception as error:  # Tiled down, out of memory, a bug: said, and painting goes on
             logger.exception("preview of %s %s=%d failed", scan, axis, index)
             return _problem(500, f"the preview failed: {error}")
-        response = _png(image, cacheable=True)  # a mask id is its content's hash: its preview never changes
+        response = _png_response(image, cacheable=True)  # a mask id is its content's hash: its preview never changes
         response.headers.update(preview.headers())
+        return response
+
+    @routes.post("/previews/<scan>/<axis>/<int:index>/warm")
+    def warm_preview(scan: str, axis: str, index: int) -> Response:
+        """Prepare the preview of a slice before anything is painted (202: it computes in the background)."""
+        try:
+            check_slice(library.volume(scan).shape, axis, index)
+        except ScanNotFound as error:
+            return _problem(404, str(error))
+        except InvalidSlice as error:
+            return _problem(400, str(error))
+        previews.warm(scan, axis, index)
+        response = jsonify({"warming": f"{axis} = {index}"})
+        response.status_code = 202
         return response
 
     @routes.get("/previews/<scan>/<mask_id>/uncertainty")
     def preview_uncertainty(scan: str, mask_id: str) -> Response:
-        """The z slices' mean uncertainty by the forest of a saved mask, as far as it has been estimated."""
+        """What follows a forest's first preview: its held-out score, and its mean uncertainty on the z slices estimated so far."""
         if not MASK_ID.fullmatch(mask_id):
             return _problem(400, f"{mask_id!r} is not a mask id (32 hexadecimal digits)")
         estimates = previews.slice_uncertainty(scan, mask_id)
         slices = sorted(estimates)
-        return jsonify({"slices": slices, "mean_uncertainty": [round(estimates[z], 4) for z in slices]})
+        scored, score = previews.held_out_score(scan, mask_id)
+        return jsonify({
+            "slices": slices,
+            "mean_uncertainty": [round(estimates[z], 4) for z in slices],
+            "scored": scored,
+            "held_out": None if score is None else {"pixels": score.pixels, "mean_iou": round(score.mean_iou, 4)},
+        })
 
     @routes.get("/masks/<scan>/<mask_id>/<axis>/<int:index>.png")
     def mask_overlay(scan: str, mask_id: str, axis: str, index: int) -> Response:
@@ -159,7 +179,11 @@ def _hidden_classes() -> set[int]:
 
 
 def _png(image, cacheable: bool) -> Response:
-    response = Response(encode(image, "png"), mimetype="image/png")
+    return _png_response(encode(image, "png"), cacheable)
+
+
+def _png_response(data: bytes, cacheable: bool) -> Response:
+    response = Response(data, mimetype="image/png")
     response.headers["Cache-Control"] = f"private, max-age={IMAGE_CACHE_SECONDS}" if cacheable else "no-store"
     return response
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import re
 import time
 
 import numpy as np
@@ -12,8 +13,12 @@ from PIL import Image
 from playwright.sync_api import Page, expect
 from scipy import ndimage
 
-from dash_app.annotations import PALETTE
+from dash_app.annotations import PALETTE, Annotations, ClassInfo, Stroke
 from dash_app.imaging import rgb
+from dash_app.masks import MaskOverlays
+from dash_app.preview import LivePreviews
+from dash_app.volumes import ScanLibrary
+from mlex_tomo.tiled_layout import connect_http
 from tests.browser import SCREENSHOTS, WAIT_MILLISECONDS, needs_chromium, paint_on_slice, pick_scan, write_scan
 from tests.services import Services
 
@@ -100,7 +105,14 @@ def test_the_preview_follows_each_stroke_and_says_what_it_trained_on(page, servi
     predicted = classes_of(response.content)
     assert predicted.shape == truth[PAINTED].shape  # a 64-voxel volume is previewed at full resolution
     painted_classes = truth[PAINTED] < 2  # the third phase is not painted: the forest cannot know it
-    assert np.mean(predicted[painted_classes] == truth[PAINTED][painted_classes]) > 0.85
+    # Two short strokes: the forest gets 0.82-0.90 of these pixels right, by its seed; either class alone, 0.52.
+    assert np.mean(predicted[painted_classes] == truth[PAINTED][painted_classes]) > 0.8
+
+    # The forest is scored after its first preview, and the line says so when the score arrives.
+    expect(status).not_to_contain_text("scoring it")
+    expect(status).to_contain_text(re.compile(r"mean IoU \d\.\d{3} on [\d,]+ held-out painted pixels|too few painted pixels to hold any out"))
+    follow_up = requests.get(f"{services.settings.ui.url}/previews/sample/{two_classes}/uncertainty", timeout=30).json()
+    assert follow_up["scored"] is True and PAINTED in follow_up["slices"]
 
     # Another stroke: a new mask, whose preview replaces the last.
     page.get_by_text("class 1").click()
@@ -111,6 +123,29 @@ def test_the_preview_follows_each_stroke_and_says_what_it_trained_on(page, servi
     page.wait_for_function(
         "mask => { const url = previewState.latestForPlane.get('sample/z/32'); return url && url.includes(mask); }", arg=three
     )
+
+
+def test_a_preview_begun_while_its_mask_is_saved_is_served_without_reading_the_mask_back(services):
+    """The save callback begins the preview before writing the mask: the request that follows finds it computed."""
+    truth = services.truth
+    classes = {0: ClassInfo(label="class 1", color=PALETTE[0]), 1: ClassInfo(label="class 2", color=PALETTE[1])}
+    strokes = [
+        Stroke(axis="z", index=PAINTED, tool="brush", class_id=label, points=list(inside(truth, label, skip=2)), width=3)
+        for label in (0, 1)
+    ]
+    annotations = Annotations(scan="sample", volume_shape=(64, 64, 64), classes=classes, strokes=strokes)
+    tiled = connect_http(services.settings)
+    previews = LivePreviews(ScanLibrary(tiled, 2**24), MaskOverlays(tiled), 2**24)
+    previews.begin(annotations, "z", PAINTED)
+    preview = previews.preview("sample", annotations.mask_id(), "z", PAINTED)  # never saved: Tiled has no such mask
+    assert preview.trained_pixels > 0 and preview.labels.shape == (64, 64)
+    assert previews.preview("sample", annotations.mask_id(), "z", PAINTED) is preview
+    with pytest.raises(LookupError, match="no mask"):
+        previews.preview("sample", "0" * 32, "z", PAINTED)
+
+    previews.warm("sample", "x", 10)  # as the page asks before the first stroke
+    previews.starter.submit(lambda: None).result()  # after the warming, in the same queue
+    assert ("sample", "x", 10) in previews.features
 
 
 def test_requests_for_a_preview_are_checked(services):
@@ -127,6 +162,9 @@ def test_requests_for_a_preview_are_checked(services):
         assert words in response.json()["error"]
     missing = requests.get(f"{services.settings.ui.url}/previews/elsewhere/{'0' * 32}/z/1.png", timeout=30)
     assert missing.status_code == 404
+    for path, status in [("/z/3/warm", 202), ("/z/64/warm", 400), ("/w/3/warm", 400)]:
+        assert requests.post(base + path, timeout=30).status_code == status, path
+    assert requests.post(f"{services.settings.ui.url}/previews/elsewhere/z/3/warm", timeout=30).status_code == 404
 
 
 def test_next_uncertain_slice_goes_to_where_the_forest_is_least_sure(page, services):

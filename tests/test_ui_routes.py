@@ -18,7 +18,7 @@ from PIL import Image
 from dash_app.annotations import Annotations, ClassInfo, Stroke
 from dash_app.app import create_app
 from dash_app.masks import save_annotations
-from dash_app.imaging import colour_labels, display_range, downsample, outline_labels, to_display
+from dash_app.imaging import colour_labels, display_range, downsample, outline_labels, palette_png, to_display
 from dash_app.volumes import FIRST_SLAB, PREFETCH_SLAB, READ_AHEAD, Rendering, ScanLibrary
 from mlex_tomo.settings import load_settings
 from mlex_tomo.tiled_layout import connect_http
@@ -345,6 +345,15 @@ def test_label_overlay_colours_shown_classes_only():
     overlay = colour_labels(labels, {1: (255, 0, 0), 2: (0, 0, 255)}, hidden={2})
     assert overlay[0, 1].tolist() == [255, 0, 0, 255]
     assert overlay[1, 0, 3] == 0 and overlay[0, 0, 3] == 0
+
+
+def test_a_palette_png_shows_what_the_rgba_overlay_shows():
+    labels = np.array([[0, 1, -1], [2, 1, 0]], np.int8)
+    colours = {0: (10, 20, 30), 1: (255, 0, 0), 2: (0, 0, 255)}
+    decoded = np.asarray(Image.open(io.BytesIO(palette_png(labels, colours, hidden={2}))).convert("RGBA"))
+    expected = colour_labels(labels, colours, hidden={2})
+    shown = expected[..., 3] > 0
+    assert (decoded[..., 3] == expected[..., 3]).all() and (decoded[shown] == expected[shown]).all()
 
 
 def test_the_web_app_imports_neither_dask_nor_pandas_nor_xarray():

@@ -7,9 +7,10 @@
 const PREVIEW_KEPT = 32;  // previews held as object URLs, the oldest let go
 const BLANK_IMAGE = "data:image/png;base64,iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR4nGNgYGBgAAAABQABpfZFQAAAAABJRU5ErkJggg==";  // one transparent pixel
 const SURVEY_POLL_MILLISECONDS = 3000;
+const SCORE_POLL_MILLISECONDS = 700;  // a forest is scored right after its first preview, in about the time that took
 const previewState = {
   wanted: null, inFlight: null, images: new Map(), latestForPlane: new Map(),
-  uncertainty: null, lastJump: null,
+  uncertainty: null, scores: new Map(), statusShown: null, warmed: new Set(), lastJump: null,
 };
 
 // The preview image for a slice (a placeholder until one has arrived), or null when the preview is off.
@@ -20,6 +21,7 @@ function previewSource(inputs, axis, index) {
     return null;
   }
   if (!maskPath) {
+    warmPreview(defaults.scan, axis, index);
     showPreviewStatus("Preview: paint at least two classes to see one.");
     return BLANK_IMAGE;
   }
@@ -31,7 +33,8 @@ function previewSource(inputs, axis, index) {
   const url = `/previews/${encodeURIComponent(defaults.scan)}/${maskId}/${axis}/${index}.png${hiddenQuery(hidden).replace("&", "?")}`;
   const known = previewState.images.get(url);
   if (known) {
-    showPreviewStatus(known.status);
+    previewState.statusShown = url;
+    showPreviewStatus(statusOf(known));
     if (known.source) {
       return known.source;
     }
@@ -43,6 +46,15 @@ function previewSource(inputs, axis, index) {
   return earlier && earlier.source ? earlier.source : BLANK_IMAGE;
 }
 
+// Nothing painted yet: the server loads the model and this slice's features meanwhile, so the first stroke's preview is quick.
+function warmPreview(scan, axis, index) {
+  const plane = `${scan}/${axis}/${index}`;
+  if (!previewState.warmed.has(plane)) {
+    previewState.warmed.add(plane);
+    fetch(`/previews/${encodeURIComponent(scan)}/${axis}/${index}/warm`, { method: "POST", credentials: "same-origin" }).catch(() => {});
+  }
+}
+
 function requestPreview(url, plane, mask) {
   previewState.wanted = { url: url, plane: plane, mask: mask };
   if (previewState.inFlight) {
@@ -51,7 +63,7 @@ function requestPreview(url, plane, mask) {
   previewState.inFlight = url;
   fetch(url, { credentials: "same-origin" })
     .then((response) => response.ok
-      ? response.blob().then((blob) => ({ source: URL.createObjectURL(blob), status: previewSummary(response.headers) }))
+      ? response.blob().then((blob) => ({ source: URL.createObjectURL(blob), facts: previewFacts(response.headers), maskId: mask.maskId }))
       : response.json().then((problem) => ({ source: null, status: `Preview: ${problem.error}` }), () => ({ source: null, status: `Preview failed (HTTP ${response.status}).` })))
     .catch((error) => ({ source: null, status: `Preview failed: ${error.message}` }))
     .then((result) => {
@@ -85,16 +97,27 @@ function keepPreview(url, plane, result) {
   }
 }
 
-function previewSummary(headers) {
-  const pixels = Number(headers.get("X-Preview-Trained-Pixels"));
-  const stride = Number(headers.get("X-Preview-Stride"));
-  const heldOut = Number(headers.get("X-Preview-Held-Out-Pixels"));
-  const score = headers.get("X-Preview-Held-Out-Mean-IoU");
+function previewFacts(headers) {
+  return {
+    pixels: Number(headers.get("X-Preview-Trained-Pixels")),
+    stride: Number(headers.get("X-Preview-Stride")),
+    uncertainty: Number(headers.get("X-Preview-Slice-Uncertainty")),
+  };
+}
+
+// A preview's line: what its forest trained on, its held-out score once that has arrived, the slice's uncertainty.
+function statusOf(result) {
+  if (!result.facts) {
+    return result.status;
+  }
+  const { pixels, stride, uncertainty } = result.facts;
   const resolution = stride > 1 ? ` at 1/${stride} resolution` : "";
-  const scoreText = score !== null
-    ? `mean IoU ${score} on ${heldOut.toLocaleString()} held-out painted pixels`
-    : "too few painted pixels to hold any out for a score";
-  const uncertainty = Number(headers.get("X-Preview-Slice-Uncertainty"));
+  const scored = previewState.scores.get(result.maskId);
+  const scoreText = !scored
+    ? "scoring it on held-out painted pixels…"
+    : (scored.held_out
+      ? `mean IoU ${scored.held_out.mean_iou.toFixed(3)} on ${scored.held_out.pixels.toLocaleString()} held-out painted pixels`
+      : "too few painted pixels to hold any out for a score");
   return `Preview: trained on ${pixels.toLocaleString()} painted pixels${resolution}; ${scoreText}; this slice's uncertainty ${uncertainty.toFixed(3)}.`;
 }
 
@@ -113,18 +136,33 @@ function showPreviewStatus(text, pending) {
   }
 }
 
-// The forest's estimated uncertainty along z, as far as the web app has estimated it.
+// What follows a forest's first preview: its held-out score, and its uncertainty along z as far as estimated.
 function fetchUncertainty(mask) {
   const url = `/previews/${encodeURIComponent(mask.scan)}/${mask.maskId}/uncertainty`;
   fetch(url, { credentials: "same-origin" })
     .then((response) => response.ok ? response.json() : null)
     .then((estimate) => {
-      if (estimate) {
-        previewState.uncertainty = { scan: mask.scan, maskId: mask.maskId, slices: estimate.slices, values: estimate.mean_uncertainty };
-        drawUncertaintyStrip();
+      if (!estimate) {
+        return;
+      }
+      previewState.uncertainty = { scan: mask.scan, maskId: mask.maskId, slices: estimate.slices, values: estimate.mean_uncertainty };
+      drawUncertaintyStrip();
+      if (estimate.scored) {
+        previewState.scores.set(mask.maskId, { held_out: estimate.held_out });
+        const shown = previewState.images.get(previewState.statusShown);
+        if (shown && shown.maskId === mask.maskId) {
+          showPreviewStatus(statusOf(shown));
+        }
+      } else if (isCurrentMask(mask.maskId)) {  // a forest superseded before it was scored never is
+        setTimeout(() => fetchUncertainty(mask), SCORE_POLL_MILLISECONDS);
       }
     })
     .catch(() => {});
+}
+
+function isCurrentMask(maskId) {
+  const inputs = typeof viewerState !== "undefined" ? viewerState.inputs : null;
+  return Boolean(inputs && inputs[8] && inputs[8].split("/")[2] === maskId && (inputs[15] || []).includes("preview"));
 }
 
 // The survey of the volume goes on in the background after a stroke: follow it while the preview is shown.

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from dash_app.annotations import AXES, PALETTE, Annotations, ClassInfo, Stroke
 from dash_app.masks import latest_annotations, save_annotations
+from dash_app.preview import LivePreviews
 from mlex_tomo.settings import StackSettings
 from mlex_tomo.tiled_http import TiledHttpClient
 from mlex_tomo.tiled_layout import check_writable, node_uri
@@ -219,7 +220,7 @@ def class_info(name: str | None, colour: str) -> ClassInfo:
     return ClassInfo(label=name, color=colour.strip().lower())
 
 
-def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClient) -> None:
+def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClient, previews: LivePreviews) -> None:
     def save(annotations: Annotations) -> str | None:
         data_uri = node_uri(settings, f"{RECONS}/{annotations.scan}")
         check_writable(settings)
@@ -259,9 +260,10 @@ def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClien
         Input("delete-class", "n_clicks"),
         State("annotations", "data"), State("history", "data"), State("strokes-applied", "data"),
         State("active-class", "value"), State("class-name", "value"), State("class-colour", "value"),
+        State("shown-layers", "value"), State("axis", "value"), State("slice-index", "data"),
         prevent_initial_call=True,
     )
-    def edit(pending, undo, redo, add, update, delete, current, history, applied, class_id, name, colour):
+    def edit(pending, undo, redo, add, update, delete, current, history, applied, class_id, name, colour, layers, axis, index):
         if current is None:
             return no_update, no_update, no_update, no_update, "Pick a scan first."
         try:
@@ -272,6 +274,8 @@ def register_callbacks(app: Dash, settings: StackSettings, tiled: TiledHttpClien
             return no_update, no_update, no_update, no_update, no_update
         updated, history, applied_now, refused = edited
         refusal = f" A stroke was refused: {'; '.join(refused)}." if refused else ""
+        if "preview" in (layers or []) and index is not None:
+            previews.begin(updated, axis, index)  # computes while the mask is written: the browser asks for it next
         try:
             path = save(updated)
         except RuntimeError as error:  # Tiled refused or is down, or there is no API key to write with

@@ -36,7 +36,7 @@ from dash_app.volumes import ScanLibrary
 from segmentation.held_out import HeldOutScore
 
 if TYPE_CHECKING:
-    from segmentation.preview import PaintedSamples, PreviewModel
+    from segmentation.preview import PaintedSamples, PreviewModel, Scratch
 
 SURVEY_SLICES = 32  # evenly spaced z slices whose uncertainty every new forest estimates
 IDLE_SECONDS = 2.0  # the survey's feature computation waits this long after the last preview request
@@ -80,6 +80,7 @@ class LivePreviews:
         self.survey_uncertainty: LRUCache[tuple[str, str], dict[int, float]] = LRUCache(maxsize=8)
         self.viewed_uncertainty: LRUCache[tuple[str, str], dict[int, float]] = LRUCache(maxsize=8)
         self.newest_mask: dict[str, str] = {}  # scan -> the mask whose forest was fitted last
+        self.scratch: Scratch | None = None  # memory for features, reused under `compute`; made on first use
         self.compute = threading.Lock()  # one computation at a time: each uses every core
         self.state = threading.Lock()  # the caches, shared by the request threads and the background ones
         self.last_request = time.monotonic()
@@ -213,11 +214,19 @@ class LivePreviews:
         with self.state:
             features = self.features.get(key)
         if features is None:
-            features = slice_features(reduce_image(self.library.full_plane(scan, axis, index), stride))
+            features = slice_features(reduce_image(self.library.full_plane(scan, axis, index), stride), scratch=self._scratch())
             if features.nbytes <= self.features.maxsize:  # a cache smaller than one slice keeps none
                 with self.state:
                     self.features[key] = features
         return features
+
+    def _scratch(self) -> Scratch:
+        """The features' working memory (callers hold `compute`), made on first use, with the model's libraries."""
+        from segmentation.preview import Scratch
+
+        if self.scratch is None:
+            self.scratch = Scratch()
+        return self.scratch
 
     def _follow_up_logging_failures(self, scan: str, mask_id: str, stride: int, painted: list[PaintedSamples]) -> None:
         """After a new forest's first preview: its held-out score, then its survey, unless a newer forest came first."""
@@ -257,7 +266,7 @@ class LivePreviews:
                     if self._superseded(scan, mask_id):
                         return
                 with self.compute:
-                    sampled[z] = survey_features(reduce_image(self.library.full_plane(scan, "z", z), stride))
+                    sampled[z] = survey_features(reduce_image(self.library.full_plane(scan, "z", z), stride), scratch=self._scratch())
             with self.state:
                 model = self.models.get((scan, mask_id))
             if model is None:

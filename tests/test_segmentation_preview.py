@@ -13,6 +13,7 @@ from segmentation.preview import (
     PREVIEW_PARAMETERS,
     SURVEY_GRID,
     SURVEY_TILE,
+    Scratch,
     fit_preview,
     held_out_score,
     mean_uncertainty,
@@ -120,12 +121,14 @@ def test_a_budget_of_training_pixels_is_shared_by_the_classes():
 
 
 def test_the_survey_s_tiles_have_the_whole_slice_s_features_for_a_fraction_of_the_work():
-    image = ndimage.gaussian_filter(np.random.default_rng(6).normal(size=(400, 380)), 2).astype(np.float32)
+    image = ndimage.gaussian_filter(np.random.default_rng(6).normal(size=(640, 600)), 2).astype(np.float32)
     tiles = survey_features(image)  # 36 tiles, each computed with its margin
     assert tiles.shape == (SURVEY_GRID**2 * SURVEY_TILE, SURVEY_TILE, 32)
     np.testing.assert_allclose(tiles, tiles_of(slice_features(image)), rtol=0, atol=1e-6)
-    small = image[:60, :50]  # the tiles with their margins would cover it: the whole slice is computed
-    np.testing.assert_allclose(survey_features(small), tiles_of(slice_features(small)), rtol=0, atol=1e-6)
+    middling = image[:160, :150]  # the tiles with their margins would cover it: cut from the whole slice's
+    np.testing.assert_allclose(survey_features(middling), tiles_of(slice_features(middling)), rtol=0, atol=1e-6)
+    small = image[:100, :90]  # no larger than the tiles: surveyed whole
+    np.testing.assert_allclose(survey_features(small), slice_features(small), rtol=0, atol=1e-6)
 
 
 def tiles_of(features: np.ndarray) -> np.ndarray:
@@ -139,3 +142,7 @@ def test_a_slice_computed_in_bands_has_the_features_of_the_slice_computed_whole(
     image = ndimage.gaussian_filter(np.random.default_rng(7).normal(size=shape), 2).astype(np.float32)
     whole = compute_features(image[np.newaxis], PREVIEW_PARAMETERS, NUMPY_DEVICE)[0]
     np.testing.assert_allclose(slice_features(image), whole, rtol=0, atol=1e-6)
+    scratch = Scratch()  # memory reused from one slice to the next: what was returned is the caller's own
+    first = slice_features(image, scratch=scratch)
+    slice_features(image[::-1].copy(), scratch=scratch)
+    np.testing.assert_allclose(first, whole, rtol=0, atol=1e-6)

@@ -24,9 +24,10 @@ Measured in the page (performance.now()):
   phases (class 1 in matrix, class 2 in void), at random places. Split by the page's
   own events and the fetch's resource timing: pointer-up -> "saved." in
   `#annotation-status` (Dash's callbacks and the mask written to Tiled) -> preview
-  request sent -> response received (the server; its own `X-Preview-Seconds`, read from
-  the response headers, excludes waiting for the preview lock and the PNG encode) ->
-  shown (blob, object URL, image swap, frame).
+  request sent -> response received (the server, which waits for the preview the save
+  callback began; its own `X-Preview-Seconds`, read from the response headers, is the
+  computation from that beginning, overlapping the save) -> shown (blob, object URL,
+  image swap, frame).
 - arriving on the next slice to paint (a step of 6): the change -> its preview shown.
 - new slice -> prediction shown: `--new-slices` slices never shown before, in an order
   where each move is more than 8 slices (the app reads ahead on steps of 8 or less), each
@@ -309,21 +310,26 @@ class ServerTimes:
 
 def parts(records: list[dict[str, Any]], server: ServerTimes, start: str) -> dict[str, list[float]]:
     """Each record's time from `start` to the preview shown, split at the page's events."""
-    split = {
-        "request -> response (server)": [record["responseEnd"] - record["requestStart"] for record in records],
-        "  of which the preview computed (X-Preview-Seconds)": [server.seconds(record["url"]) for record in records],
-        "  the rest (waiting for the preview lock, overlay and PNG encode, transfer)": [
-            record["responseEnd"] - record["requestStart"] - server.seconds(record["url"]) for record in records
-        ],
-        "response -> shown (blob, swap, frame)": [record["painted"] - record["responseEnd"] for record in records],
-    }
-    if start == "up":
+    response = {"request -> response (server)": [record["responseEnd"] - record["requestStart"] for record in records]}
+    shown = {"response -> shown (blob, swap, frame)": [record["painted"] - record["responseEnd"] for record in records]}
+    computed = [server.seconds(record["url"]) for record in records]
+    if start == "up":  # the save callback began the preview: the request waits for what is left of it
         return {
             "pointer-up -> saved (Dash callbacks, mask written to Tiled)": [record["saved"] - record["up"] for record in records],
             "saved -> preview requested": [record["requestStart"] - record["saved"] for record in records],
-            **split,
+            **response,
+            "  the preview's computation (X-Preview-Seconds), begun with the save and overlapping it": computed,
+            **shown,
         }
-    return {"change -> preview requested": [record["requestStart"] - record["started"] for record in records], **split}
+    return {
+        "change -> preview requested": [record["requestStart"] - record["started"] for record in records],
+        **response,
+        "  of which the preview computed (X-Preview-Seconds)": computed,
+        "  the rest (waiting for the preview lock, overlay and PNG encode, transfer)": [
+            record["responseEnd"] - record["requestStart"] - seconds for record, seconds in zip(records, computed)
+        ],
+        **shown,
+    }
 
 
 def print_parts(split: dict[str, list[float]]) -> None:
@@ -331,20 +337,19 @@ def print_parts(split: dict[str, list[float]]) -> None:
         print(f"    {label}: {quantiles(values)}", flush=True)
 
 
-def print_lock_waits(strokes: list[dict[str, Any]], arrivals: list[dict[str, Any]], server: ServerTimes) -> None:
-    """The server's time beyond the preview's computation, by how long the server had been idle before the request.
+def print_lock_waits(strokes: list[dict[str, Any]], arrivals: list[dict[str, Any]]) -> None:
+    """Stroke -> shown, by how long the server had been idle before the stroke.
 
     After IDLE_SECONDS without a preview request, the survey computes one slice's
-    features at a time under the lock every preview takes.
+    tiles at a time under the lock every preview takes.
     """
     answered = sorted(record["responseEnd"] for record in [*strokes, *arrivals])
     idle, busy = [], []
     for record in strokes:
-        earlier = [end for end in answered if end < record["requestStart"]]
-        rest = record["responseEnd"] - record["requestStart"] - server.seconds(record["url"])
-        (idle if earlier and record["requestStart"] - earlier[-1] > 1000 * IDLE_SECONDS else busy).append(rest)
+        earlier = [end for end in answered if end < record["up"]]
+        (idle if earlier and record["up"] - earlier[-1] > 1000 * IDLE_SECONDS else busy).append(record["painted"] - record["up"])
     print(
-        f"    the rest, requests more than {IDLE_SECONDS:g} s after the previous preview's answer (the survey may hold the lock): "
+        f"    stroke -> shown, strokes more than {IDLE_SECONDS:g} s after the previous preview's answer (the survey may hold the lock): "
         f"{quantiles(idle)}; the others: {quantiles(busy)}", flush=True,
     )
 
@@ -451,7 +456,7 @@ def run(stack: Stack, browser, scan: Scan, arguments: argparse.Namespace) -> Non
         later = [record["painted"] - record["up"] for record in strokes if not record["first_on_slice"]]
         print(f"    first stroke on each slice: {quantiles(first_on_slice)}; the others: {quantiles(later)}", flush=True)
         print_parts(parts(strokes, server, "up"))
-        print_lock_waits(strokes, arrivals, server)
+        print_lock_waits(strokes, arrivals)
         for z in slices.painted:
             on_slice = [record for record in strokes if record["slice"] == z]
             print(

@@ -1,15 +1,18 @@
 """The live preview: the random forest's prediction of the slice on screen, refitted as the user paints.
 
 It lives in the web app's process (docs/decisions.md, "Live preview"): the slice reads,
-the saved masks and a warm cache are already here, and a stroke's save never waits for
-it, since previews are separate requests. One preview computes at a time (it uses
-every core); the browser asks for the newest only.
+the saved masks and a warm cache are already here. The save callback begins the
+preview of the slice painted (`begin`) on a thread of its own, and the browser's
+request, made once the save is done, collects it: the fit overlaps the save, and the
+save never waits for the fit. One preview computes at a time (it uses every core); the
+browser asks for the newest only.
 
 Kept between requests: the features of recently viewed slices (bounded by
 `ui.preview_cache_mib`), each painted slice's labelled samples, the forest of each
-recent mask, and a sparse sample of evenly spaced z slices from which every new forest
-estimates how unsure it is along the volume ("where to paint next"), computed in the
-background while the user is idle.
+recent mask, and tiles of evenly spaced z slices from which every new forest estimates
+how unsure it is along the volume ("where to paint next"), computed in the background
+while the user is idle. After a new forest's first preview, the same background thread
+scores it on held-out painted pixels, then re-estimates the survey.
 
 The model (`segmentation.preview`) is imported on first use: it brings torch and
 scikit-learn, over 300 MiB, which a web app whose users never switch the preview on

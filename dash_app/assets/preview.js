@@ -10,7 +10,7 @@ const SURVEY_POLL_MILLISECONDS = 3000;
 const SCORE_POLL_MILLISECONDS = 700;  // a forest is scored right after its first preview, in about the time that took
 const previewState = {
   wanted: null, inFlight: null, images: new Map(), latestForPlane: new Map(),
-  uncertainty: null, scores: new Map(), statusShown: null, warmed: new Set(), lastJump: null,
+  uncertainty: null, scores: new Map(), scoreTimer: null, statusShown: null, warmed: new Set(), lastJump: null,
 };
 
 // The preview image for a slice (a placeholder until one has arrived), or null when the preview is off.
@@ -153,8 +153,8 @@ function fetchUncertainty(mask) {
         if (shown && shown.maskId === mask.maskId) {
           showPreviewStatus(statusOf(shown));
         }
-      } else if (isCurrentMask(mask.maskId)) {  // a forest superseded before it was scored never is
-        setTimeout(() => fetchUncertainty(mask), SCORE_POLL_MILLISECONDS);
+      } else if (isCurrentMask(mask.maskId) && !previewState.scoreTimer) {  // a forest superseded before it was scored never is
+        previewState.scoreTimer = setTimeout(() => { previewState.scoreTimer = null; fetchUncertainty(mask); }, SCORE_POLL_MILLISECONDS);
       }
     })
     .catch(() => {});

@@ -93,10 +93,10 @@ class MaskOverlays:
         self.annotations: LRUCache[tuple[str, str], Annotations] = LRUCache(maxsize=capacity)
         self.lock = threading.Lock()
 
-    def remember(self, annotations: Annotations) -> None:
-        """Annotations on their way to Tiled: what is drawn from them next need not read them back."""
+    def remember(self, mask_id: str, annotations: Annotations) -> None:
+        """Annotations on their way to Tiled as mask `mask_id` (`annotations.mask_id()`): what is drawn from them next need not read them back."""
         with self.lock:
-            self.annotations[(annotations.scan, annotations.mask_id())] = annotations
+            self.annotations[(annotations.scan, mask_id)] = annotations
 
     def overlay(self, scan: str, mask_id: str, axis: Axis, index: int, volume_shape: tuple[int, int, int], hidden: set[int] = frozenset()) -> Any:
         annotations = self.annotations_of(scan, mask_id).on_volume(volume_shape)

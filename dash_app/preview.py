@@ -96,8 +96,9 @@ class LivePreviews:
         The browser asks for it once the save has told it the mask id, and finds it under
         way: the fit overlaps the save instead of following it.
         """
-        self.masks.remember(annotations)
-        key = (annotations.scan, annotations.mask_id(), axis, index)
+        mask_id = annotations.mask_id()  # a hash of every stroke: computed once
+        self.masks.remember(mask_id, annotations)
+        key = (annotations.scan, mask_id, axis, index)
         with self.state:
             if key not in self.predictions and key not in self.pending:
                 self.pending[key] = self.starter.submit(self._computed, key, annotations)
